@@ -1,0 +1,118 @@
+"""Figures: image grids (torchvision) and curves (matplotlib), written as PNG files."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt
+import torch
+from torchvision.utils import make_grid
+
+if TYPE_CHECKING:
+    from .model import VAE
+    from .train import History
+
+__all__ = ["image_grid", "save_elbo_curves", "save_image_rows", "save_run_figures"]
+
+
+def image_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
+    """``(N, C, H, W)`` images in [0, 1] → one ``(H', W', C)`` array for ``imshow``."""
+    grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1)
+    return grid.permute(1, 2, 0)
+
+
+def save_image_rows(
+    rows: Sequence[torch.Tensor],
+    labels: Sequence[str],
+    path: str | Path,
+    title: str = "",
+    col_labels: Sequence[str] | None = None,
+) -> Path:
+    """One labelled row per tensor of ``(n, C, H, W)`` images (originals, reconstructions, ...)."""
+    path = Path(path)
+    n = max(r.shape[0] for r in rows)
+    fig, axes = plt.subplots(
+        len(rows), 1, figsize=(n * 0.62 + 1.6, len(rows) * 0.78 + 0.5), squeeze=False
+    )
+    for ax, row, label in zip(axes[:, 0], rows, labels):
+        ax.imshow(image_grid(row, nrow=n), cmap="gray", interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    if col_labels:
+        w = rows[0].shape[-1] + 2
+        axes[0, 0].set_xticks([2 + w * i + w / 2 - 1 for i in range(len(col_labels))])
+        axes[0, 0].set_xticklabels(col_labels, fontsize=7)
+        axes[0, 0].xaxis.tick_top()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_grid(images: torch.Tensor, nrow: int, path: str | Path, title: str) -> Path:
+    """A square-ish grid of images with a title."""
+    path = Path(path)
+    ncol = nrow
+    nrows = -(-images.shape[0] // ncol)
+    fig, ax = plt.subplots(figsize=(ncol * 0.5 + 0.4, nrows * 0.5 + 0.6))
+    ax.imshow(image_grid(images, nrow=ncol), cmap="gray", interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_elbo_curves(history: History, path: str | Path, title: str = "") -> Path:
+    """Train loss (negated, so both curves are 'higher is better') and test ELBO per epoch."""
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(history.epoch, [-v for v in history.train_loss], "o-", label="train: −loss (β-ELBO)")
+    ax.plot(history.epoch, history.test_elbo, "s-", label="test ELBO")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per image")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title or "ELBO during training", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+@torch.no_grad()
+def save_run_figures(
+    model: VAE, test_x: torch.Tensor, history: History, out: str | Path, n: int = 16
+) -> list[Path]:
+    """The main job's figures: reconstructions, prior samples (if the prior can sample), curves."""
+    out = Path(out)
+    model.eval()
+    x = test_x[:n]
+    paths = [
+        save_image_rows(
+            [x, model.reconstruct(x)],
+            ["test images", "reconstructions"],
+            out / "reconstructions.png",
+            "Test images and their reconstructions",
+        )
+    ]
+    if model.can_sample:
+        torch.manual_seed(0)
+        paths.append(
+            save_grid(
+                model.sample(64), 8, out / "samples.png", "Decoded prior samples E[x | z], z ~ p(z)"
+            )
+        )
+    if history.epoch:
+        paths.append(save_elbo_curves(history, out / "elbo_curves.png"))
+    model.train()
+    return paths
