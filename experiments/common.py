@@ -1,0 +1,441 @@
+"""Shared helpers for the experiment scripts: arguments, budgets, a model cache, figures, results.
+
+Every script in ``experiments/`` follows the same shape::
+
+    args = parse_args("what it does", number=7)          # --full / --tiny / --out / --device ...
+    b = budget(args, QUICK, FULL, TINY)                   # data and epochs of the mode
+    data = load_mnist(args, b)
+    model, info = mnist_model(args, data, b, "vae-z2", ModelConfig(latent_dim=2))
+    res = Results(args, number=7, name="vae_samples", title="...")
+    res.figure("samples.png", caption="...", verdict="...", agrees=True)
+    res.table("Test ELBO per latent size", ["latent", "ELBO"], rows)
+    res.save()                                            # <out>/<mode>/<name>/metrics.json
+
+``experiments/report.py`` turns all ``metrics.json`` files under ``<out>`` into ``REPORT.md``.
+Trained models are cached (keyed by everything that determines them) under ``--cache`` so
+experiments that share a model — the size-32 conv AE of experiments 1, 2 and 3, the VAEs of 7 and 8
+— train it once per mode. Only the public API of :mod:`ppl_vae` is used here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pyro
+import torch
+from pyro import poutine
+from torch import nn
+from torch.nn import functional as F
+
+from ppl_vae import VAE, ImageData, ModelConfig, TrainConfig, build_model, fit, load_dataset
+from ppl_vae.corruptions import psnr
+from ppl_vae.plots import image_grid
+from ppl_vae.train import resolve_device
+
+#: Figures are written at this resolution: legible in a browser, small in the repository.
+DPI = 100
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments and budgets
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much data and training one mode gets. ``None`` means the whole split."""
+
+    n_train: int | None
+    n_test: int | None
+    epochs: int
+    batch_size: int = 128
+
+
+def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options every experiment script shares.
+
+    ``--full`` is the long run (whole training set, more epochs, CUDA when present); the default
+    is the quick mode (a few minutes on 2 CPU cores); ``--tiny`` is the smoke-test budget used by
+    the test suite (seconds, numbers meaningless).
+    """
+    p = argparse.ArgumentParser(description=description)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--full", action="store_true", help="long run: more data and epochs")
+    mode.add_argument("--tiny", action="store_true", help="smoke-test budget (seconds)")
+    p.add_argument("--out", default="results", help="results folder (default: results)")
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="trained-model cache (default: runs/experiment_cache next to the results folder)",
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="override the mode's epochs")
+    p.add_argument("--n-train", type=int, default=None, help="override the mode's training size")
+    args = p.parse_args(argv)
+    args.mode = "full" if args.full else "tiny" if args.tiny else "quick"
+    args.device = str(resolve_device(args.device))
+    if args.cache is None:
+        args.cache = str(Path(args.out).resolve().parent / "runs" / "experiment_cache")
+    args.argv = list(sys.argv if argv is None else ["<script>", *argv])
+    return args
+
+
+def budget(args: argparse.Namespace, quick: Budget, full: Budget, tiny: Budget) -> Budget:
+    """The budget of ``args.mode`` with any ``--epochs`` / ``--n-train`` override applied."""
+    b = {"quick": quick, "full": full, "tiny": tiny}[args.mode]
+    if args.epochs is not None:
+        b = replace(b, epochs=args.epochs)
+    if args.n_train is not None:
+        b = replace(b, n_train=args.n_train)
+    return b
+
+
+def load_mnist(args: argparse.Namespace, b: Budget) -> ImageData:
+    """MNIST cut to the budget, on the chosen device."""
+    torch.manual_seed(args.seed)
+    data = load_dataset("mnist", verbose=False)
+    return data.subset(b.n_train, b.n_test).to(args.device)
+
+
+def train_config(args: argparse.Namespace, b: Budget, **overrides: Any) -> TrainConfig:
+    """A :class:`TrainConfig` for this budget (``overrides`` e.g. ``objective="meanfield"``)."""
+    cfg = TrainConfig(
+        epochs=b.epochs, batch_size=b.batch_size, seed=args.seed, device=args.device
+    )
+    return replace(cfg, **overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# Model cache
+# --------------------------------------------------------------------------------------------
+
+
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def trained_model(
+    args: argparse.Namespace,
+    name: str,
+    spec: dict[str, Any],
+    build: Callable[[], VAE],
+    train_x: torch.Tensor,
+    config: TrainConfig,
+    *,
+    corruption: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[VAE, dict[str, Any]]:
+    """Train ``build()`` on ``train_x`` with ``config`` — or load it from the cache.
+
+    ``spec`` must describe everything about the model and its corruption that ``build`` and
+    ``corruption`` do not show in their repr (the cache key is ``name``, ``spec``, the train
+    config and the data's shape and checksum). Returns the model in eval mode and
+    ``{"train_seconds", "cached", "train_loss"}``.
+    """
+    key = {
+        "name": name,
+        "spec": spec,
+        "train": asdict(config),
+        "data": [list(train_x.shape), round(float(train_x.double().sum()), 3)],
+    }
+    path = Path(args.cache) / f"{name}-{_fingerprint(key)}.pt"
+    model = build()
+    if path.exists():
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        model.load_state_dict(blob["state"])
+        model.to(args.device).eval()
+        return model, {**blob["info"], "cached": True}
+    t0 = time.perf_counter()
+    history = fit(model, train_x, config, corruption=corruption, progress=False)
+    info = {
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "train_loss": history.train_loss[-1] if history.train_loss else None,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"state": state, "info": info, "key": key}, tmp)
+    tmp.replace(path)
+    print(f"  trained {name} in {info['train_seconds']}s", flush=True)
+    model.eval()
+    return model, {**info, "cached": False}
+
+
+def mnist_model(
+    args: argparse.Namespace,
+    data: ImageData,
+    b: Budget,
+    name: str,
+    config: ModelConfig,
+    *,
+    corruption: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    corruption_spec: str | None = None,
+    **train_overrides: Any,
+) -> tuple[VAE, dict[str, Any]]:
+    """:func:`trained_model` for a registry-built model (:func:`ppl_vae.build_model`)."""
+    spec = {"model": asdict(config), "corruption": corruption_spec}
+    return trained_model(
+        args,
+        name,
+        spec,
+        lambda: build_model(config, data.image_shape),
+        data.train_x,
+        train_config(args, b, **train_overrides),
+        corruption=corruption,
+    )
+
+
+def vae_config(latent_dim: int, **kw: Any) -> ModelConfig:
+    """The MNIST VAE shared by experiments 2, 3, 6, 7 and 8 (MLP 512-512, Bernoulli, N(0, I))."""
+    return ModelConfig(latent_dim=latent_dim, **kw)
+
+
+#: The VAEs are trained with the analytic-KL ELBO (lower variance than the Monte Carlo KL).
+VAE_TRAIN = {"objective": "meanfield"}
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int = 500):
+    """``fn`` applied to ``x`` in chunks, concatenated (bounded memory)."""
+    return torch.cat([fn(xb) for xb in x.split(size)])
+
+
+def mse_per_image(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per pixel, one value per image: shape ``(N,)``."""
+    return ((x - x_hat) ** 2).flatten(1).mean(1)
+
+
+def mean_psnr(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """Mean over images of the PSNR (dB) of ``x_hat`` (clamped to [0, 1]) against ``x``."""
+    return float(psnr(x_hat.clamp(0, 1), x).mean())
+
+
+@torch.no_grad()
+def elbo_terms(model: VAE, x: torch.Tensor, batch_size: int = 500) -> dict[str, float]:
+    """ELBO = E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)), each term per image (nats), one-sample MC.
+
+    The KL is estimated as E_q[log q(z|x) − log p(z)], so it works for every prior (the mixture
+    prior has no closed form).
+    """
+    rec = kl = 0.0
+    for xb in x.split(batch_size):
+        guide_tr = poutine.trace(model.guide).get_trace(xb)
+        model_tr = poutine.trace(poutine.replay(model.model, trace=guide_tr)).get_trace(xb)
+        guide_tr.compute_log_prob()
+        model_tr.compute_log_prob()
+        rec += float(model_tr.nodes["x"]["log_prob"].sum())
+        kl += float(guide_tr.nodes["z"]["log_prob"].sum() - model_tr.nodes["z"]["log_prob"].sum())
+    n = x.shape[0]
+    return {"elbo": (rec - kl) / n, "reconstruction_loglik": rec / n, "kl": kl / n}
+
+
+class DigitClassifier(nn.Module):
+    """A small MLP classifier of MNIST digits, used only to *score* generated images.
+
+    ``confidence`` (mean max-softmax probability) and ``inception_score`` (exp E KL(p(y|x)‖p(y)))
+    are crude sample-quality numbers: blurry or mixed digits get low confidence.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    @torch.no_grad()
+    def scores(self, x: torch.Tensor) -> dict[str, float]:
+        p = F.softmax(self(x.clamp(0, 1)), dim=-1)  # (N, 10)
+        marginal = p.mean(0, keepdim=True)
+        kl = (p * (p.clamp_min(1e-12).log() - marginal.clamp_min(1e-12).log())).sum(-1)
+        return {
+            "confidence": float(p.max(-1).values.mean()),
+            "inception_score": float(kl.mean().exp()),
+        }
+
+
+def digit_classifier(args: argparse.Namespace, data: ImageData, epochs: int = 2) -> DigitClassifier:
+    """Train (or load from the cache) :class:`DigitClassifier` on ``data``'s training set."""
+    key = {"n": list(data.train_x.shape), "epochs": epochs, "seed": args.seed}
+    path = Path(args.cache) / f"classifier-{_fingerprint(key)}.pt"
+    clf = DigitClassifier().to(args.device)
+    if path.exists():
+        clf.load_state_dict(torch.load(path, map_location=args.device))
+        return clf.eval()
+    g = torch.Generator().manual_seed(args.seed)
+    opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
+    n = data.train_x.shape[0]
+    for _ in range(epochs):
+        for idx in torch.randperm(n, generator=g).split(128):
+            loss = F.cross_entropy(clf(data.train_x[idx]), data.train_y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(clf.state_dict(), path)
+    return clf.eval()
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+
+def save_rows(
+    rows: Sequence[torch.Tensor],
+    labels: Sequence[str],
+    path: Path,
+    title: str,
+    col_labels: Sequence[str] | None = None,
+    label_width: float = 1.6,
+) -> Path:
+    """One labelled row of images per tensor ``(n, C, H, W)`` (originals, corrupted, ...)."""
+    n = max(r.shape[0] for r in rows)
+    fig, axes = plt.subplots(
+        len(rows), 1, figsize=(n * 0.55 + label_width, len(rows) * 0.62 + 0.6), squeeze=False
+    )
+    for ax, row, label in zip(axes[:, 0], rows, labels):
+        ax.imshow(image_grid(row, nrow=n), cmap="gray", interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    if col_labels:
+        w = rows[0].shape[-1] + 2
+        axes[0, 0].set_xticks([2 + w * i + w / 2 - 1 for i in range(len(col_labels))])
+        axes[0, 0].set_xticklabels(col_labels, fontsize=8)
+        axes[0, 0].xaxis.tick_top()
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def save_panels(
+    panels: Sequence[tuple[torch.Tensor, int, str]],
+    path: Path,
+    title: str,
+    ncols: int | None = None,
+    panel_size: float = 3.0,
+) -> Path:
+    """Side-by-side image grids, each ``(images, nrow, caption)`` (Kingma & Welling's Fig. 5)."""
+    ncols = ncols or len(panels)
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(panel_size * ncols, panel_size * nrows + 0.5), squeeze=False
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (images, nrow, caption) in zip(axes.flat, panels):
+        ax.imshow(image_grid(images, nrow=nrow), cmap="gray", interpolation="nearest")
+        ax.set_title(caption, fontsize=10)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    """What one experiment run produced: figures with captions and verdicts, tables, numbers.
+
+    ``save`` writes ``metrics.json`` into :attr:`dir`; ``report.py`` reads nothing else.
+    """
+
+    args: argparse.Namespace
+    number: int
+    name: str
+    title: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    figures: list[dict[str, Any]] = field(default_factory=list)
+    tables: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.dir = Path(self.args.out) / self.args.mode / self.name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._t0 = time.perf_counter()
+
+    def path(self, filename: str) -> Path:
+        """Where to write a figure file of this experiment."""
+        return self.dir / filename
+
+    def figure(self, filename: str, caption: str, verdict: str, agrees: bool | None) -> None:
+        """Register a figure already written to :meth:`path` (``agrees``: with the lecture)."""
+        self.figures.append(
+            {"file": filename, "caption": caption, "verdict": verdict, "agrees": agrees}
+        )
+
+    def table(
+        self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """A table for the report; floats are rounded when rendered."""
+        self.tables.append({"title": title, "columns": list(columns), "rows": [list(r) for r in rows]})
+
+    def save(self) -> Path:
+        """Write ``metrics.json`` and return its path."""
+        script = Path(self.args.argv[0]).name
+        flags = " ".join(shlex.quote(a) for a in self.args.argv[1:])
+        blob = {
+            "number": self.number,
+            "name": self.name,
+            "title": self.title,
+            "mode": self.args.mode,
+            "command": f"python experiments/{script} {flags}".strip(),
+            "device": self.args.device,
+            "seed": self.args.seed,
+            "runtime_seconds": round(time.perf_counter() - self._t0, 1),
+            "torch": torch.__version__,
+            "pyro": pyro.__version__,
+            "settings": self.settings,
+            "figures": self.figures,
+            "tables": self.tables,
+            "metrics": self.metrics,
+            "notes": self.notes,
+        }
+        path = self.dir / "metrics.json"
+        path.write_text(json.dumps(blob, indent=2, default=_json_default) + "\n")
+        print(f"wrote {path} ({blob['runtime_seconds']}s)", flush=True)
+        return path
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def budget_dict(b: Budget) -> dict[str, Any]:
+    """A budget as settings for the report."""
+    return asdict(b)

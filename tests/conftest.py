@@ -1,0 +1,40 @@
+"""Shared fixtures: a clean Pyro param store, fixed seeds and validation on for every test."""
+
+from __future__ import annotations
+
+import warnings
+
+import pyro
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _clean_pyro_state():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    with pyro.validation_enabled(True):
+        yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_jit_warnings():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.trace.*", category=FutureWarning)
+        yield
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """The real MNIST tensors, or a skip when no offline source or cache exists."""
+    from ppl_vae.data import DatasetNotFoundError, load_dataset
+
+    try:
+        return load_dataset("mnist", download=False, verbose=False)
+    except DatasetNotFoundError as e:  # pragma: no cover - depends on the machine
+        pytest.skip(f"MNIST unavailable: {e}")
+
+
+def pytest_configure(config):
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

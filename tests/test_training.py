@@ -1,0 +1,288 @@
+"""Training: SVI loop, objectives, resume, NaN handling, checkpoints and bad input."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import pyro
+import pytest
+import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+
+from ppl_vae import (
+    CheckpointError,
+    DataError,
+    ModelConfig,
+    TrainConfig,
+    TrainingDivergedError,
+    build_model,
+    fit,
+    load_checkpoint,
+)
+from ppl_vae.evaluate import elbo
+from ppl_vae.train import make_elbo, resolve_device
+
+IMG = (1, 8, 8)
+
+
+def _data(n: int = 96, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    # blobs with structure so a model can learn something in a few epochs
+    base = torch.rand(4, *IMG, generator=g)
+    return (base[torch.randint(0, 4, (n,), generator=g)] * 0.8 + 0.1 * torch.rand(n, *IMG)).clamp(
+        0, 1
+    )
+
+
+def _model(**kw):
+    cfg = {"latent_dim": 2, "hidden": (32,), **kw}
+    return build_model(ModelConfig(**cfg), IMG)
+
+
+def _cfg(**kw) -> TrainConfig:
+    return TrainConfig(**{"epochs": 3, "batch_size": 32, "lr": 1e-2, "device": "cpu", **kw})
+
+
+@pytest.mark.parametrize("objective", ["trace", "meanfield", "jit-trace", "jit-meanfield"])
+@pytest.mark.parametrize("particles", [1, 3])
+def test_every_objective_trains(objective, particles):
+    x = _data()
+    model = _model()
+    before = elbo(model, x)
+    # batch 40 over 96 images leaves a short last batch: JIT must handle it (own graph)
+    hist = fit(
+        model,
+        x,
+        _cfg(objective=objective, num_particles=particles, batch_size=40, epochs=4),
+        test_x=x,
+        progress=False,
+    )
+    assert hist.epoch == [1, 2, 3, 4]
+    assert all(math.isfinite(v) for v in hist.train_loss + hist.test_elbo)
+    assert hist.test_elbo[-1] > before + 1.0
+
+
+def test_jit_loss_equals_plain_loss_on_same_noise():
+    model = _model()
+    x = _data(32)
+    beta = torch.tensor(1.0)
+    losses = {}
+    for name in ("trace", "jit-trace", "meanfield", "jit-meanfield"):
+        loss_fn = make_elbo(name)
+        pyro.set_rng_seed(5)
+        losses[name] = loss_fn.loss(
+            model.model, model.guide, x, x, beta, num_data=64, batch_size=32
+        )
+    assert losses["jit-trace"] == pytest.approx(losses["trace"], rel=1e-5)
+    assert losses["jit-meanfield"] == pytest.approx(losses["meanfield"], rel=1e-5)
+
+
+def test_beta_and_warmup_change_the_objective_not_the_evaluation():
+    x = _data()
+    h1 = fit(_model(), x, _cfg(epochs=1, beta=1.0), progress=False)
+    h2 = fit(_model(), x, _cfg(epochs=1, beta=0.1, warmup_epochs=1.0), progress=False)
+    # same seed, same init: a smaller KL weight gives a smaller loss
+    assert h2.train_loss[0] < h1.train_loss[0]
+
+
+def test_dynamic_binarization_gives_fresh_draws():
+    x = _data()
+    seen = []
+
+    class Spy:
+        def __call__(self, xb):
+            seen.append(xb.clone())
+            return xb
+
+    fit(_model(), x, _cfg(epochs=2, binarize=True, batch_size=96), corruption=Spy(), progress=False)
+    assert set(torch.unique(seen[0]).tolist()) <= {0.0, 1.0}
+    assert not torch.equal(seen[0], seen[1])  # different epoch, different draw (and order)
+
+
+def test_resume_matches_uninterrupted_training(tmp_path):
+    x = _data()
+    init = {k: v.clone() for k, v in _model().state_dict().items()}
+
+    straight = _model()
+    straight.load_state_dict(init)
+    fit(straight, x, _cfg(epochs=3), checkpoint_path=tmp_path / "a.pt", progress=False)
+
+    part = _model()
+    part.load_state_dict(init)
+    fit(part, x, _cfg(epochs=1), checkpoint_path=tmp_path / "b.pt", progress=False)
+    pyro.clear_param_store()
+    torch.manual_seed(99)  # a new process would have another RNG state and another init
+    resumed = _model()
+    hist = fit(
+        resumed, x, _cfg(epochs=3), checkpoint_path=tmp_path / "b.pt", resume=True, progress=False
+    )
+    assert hist.epoch == [1, 2, 3]
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+    # the optimiser moved the tensors the modules use (not detached copies in the store)
+    store = pyro.get_param_store()
+    assert store["encoder$$$net.0.weight"] is resumed.encoder.net[0].weight
+
+
+def test_checkpoint_contents_round_trip(tmp_path):
+    x = _data()
+    model = _model()
+    path = tmp_path / "ck.pt"
+    fit(model, x, _cfg(epochs=2), checkpoint_path=path, extra_state={"note": "hi"}, progress=False)
+    ck = load_checkpoint(path)  # weights_only=True inside
+    assert ck["epoch"] == 2 and ck["config"]["note"] == "hi"
+    assert ck["config"]["train"]["lr"] == 1e-2
+    assert set(ck["param_store"]["params"]) == {
+        f"{n}$$${k}" for n, m in model.pyro_modules() for k, _ in m.named_parameters()
+    }
+    assert ck["optim_state"]  # Adam moments per parameter
+    assert len(ck["history"]["test_elbo"]) == 2
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tmp_path):
+    x = _data()
+    model = _model()
+    path = tmp_path / "ck.pt"
+    calls = {"n": 0}
+    steps_per_epoch = 3  # 96 images / batch 32
+    original = model.decoder.forward
+
+    def poisoned(z):
+        calls["n"] += 1
+        out = original(z)
+        if calls["n"] == steps_per_epoch + 2:  # epoch 2, step 2
+            out = out * float("nan")
+        return out
+
+    model.decoder.forward = poisoned
+    fit(model, x, _cfg(epochs=1), checkpoint_path=path, progress=False)
+    good = path.read_bytes()
+    with pytest.raises(TrainingDivergedError, match=r"epoch 2, step 2/3") as info:
+        fit(model, x, _cfg(epochs=3), checkpoint_path=path, resume=True, progress=False)
+    assert info.value.epoch == 2 and info.value.step == 2
+    assert "intact" in str(info.value)
+    assert path.read_bytes() == good
+    assert load_checkpoint(path)["epoch"] == 1
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.rand(10, 1, 28, 28), "shape"),
+        (torch.rand(10, 64), "shape"),
+        (torch.full((10, *IMG), float("nan")), "NaN"),
+        (torch.rand(10, *IMG).index_put_((torch.tensor([3]),), torch.tensor(float("inf"))), "Inf"),
+        (torch.rand(10, *IMG) * 2.0, "support"),
+        (torch.rand(10, *IMG) - 0.5, "support"),
+        (torch.randint(0, 2, (10, *IMG)), "floating"),
+    ],
+)
+def test_bad_data_is_refused_before_training(bad, match):
+    with pytest.raises(DataError, match=match):
+        fit(_model(), bad, _cfg(epochs=1), progress=False)
+
+
+def test_data_outside_support_is_fine_for_unbounded_likelihoods():
+    x = _data() * 3 - 1
+    fit(_model(likelihood="gaussian"), x, _cfg(epochs=1), progress=False)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"lr": 0.0}, "learning rate"),
+        ({"lr": -1e-3}, "learning rate"),
+        ({"lr": float("nan")}, "learning rate"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"beta": 0.0}, "beta"),
+        ({"objective": "elbo++"}, "elbo"),
+    ],
+)
+def test_bad_settings_are_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        fit(_model(), _data(), _cfg(**kw), progress=False)
+
+
+def test_truncated_foreign_and_mismatched_checkpoints(tmp_path):
+    x = _data()
+    good = tmp_path / "good.pt"
+    fit(_model(), x, _cfg(epochs=1), checkpoint_path=good, progress=False)
+    data = good.read_bytes()
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(truncated)
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, foreign)
+    with pytest.raises(CheckpointError, match="not a ppl_vae checkpoint"):
+        load_checkpoint(foreign)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"format": "ppl_vae-checkpoint", "x": Evil()}))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(evil)
+
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        fit(
+            _model(latent_dim=5),
+            x,
+            _cfg(epochs=2),
+            checkpoint_path=good,
+            resume=True,
+            progress=False,
+        )
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        fit(
+            _model(),
+            x,
+            _cfg(),
+            checkpoint_path=tmp_path / "missing.pt",
+            resume=True,
+            progress=False,
+        )
+
+
+def test_point_mass_guide_trains_on_same_svi_path():
+    x = _data()
+    ae = _model(guide="delta", prior="flat", likelihood="gaussian")
+    hist = fit(ae, x, _cfg(epochs=3), test_x=x, progress=False)
+    assert hist.test_elbo[-1] > hist.test_elbo[0]
+    with pytest.raises(ValueError, match="cannot sample"):
+        ae.sample(3)
+
+
+def test_model_and_guide_work_with_other_pyro_utilities():
+    model = _model()
+    x = _data(16)
+    pred = pyro.infer.Predictive(model.model, guide=model.guide, num_samples=4)(x)
+    assert pred["z"].shape == (4, 16, 2)
+    assert pred["x"].shape == (4, 16, *IMG)
+    tr = pyro.poutine.trace(model.guide).get_trace(x)
+    latent = {n for n, site in tr.nodes.items() if site["type"] == "sample" and n != "data"}
+    assert latent == {"z"}  # "data" is the plate's subsample site
+    assert TraceMeanField_ELBO().loss(model.model, model.guide, x) > 0
+    assert Trace_ELBO().loss(model.model, model.guide, x) > 0
+
+
+def test_device_auto_and_errors():
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_epoch():  # pragma: no cover - runs only on a GPU machine
+    x = _data()
+    model = _model()
+    hist = fit(model, x, _cfg(epochs=1, device="cuda"), test_x=x, progress=False)
+    assert next(model.parameters()).is_cuda and math.isfinite(hist.test_elbo[0])
