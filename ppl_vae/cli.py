@@ -101,7 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         help="test images for the log p(x) estimate (it costs K decoder passes each)",
     )
-    t.add_argument("--out", type=Path, default=Path("runs/default"), help="run folder")
+    t.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="run folder (default: runs/MODEL-DATASET-TIMESTAMP, so no run is overwritten)",
+    )
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.add_argument("--no-figures", action="store_true")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -137,6 +142,11 @@ def _configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
     return mc, tc
 
 
+def _jsonable(obj: Any) -> Any:
+    """Normalise tuples to lists etc. so configs compare equal however they were stored."""
+    return json.loads(json.dumps(obj))
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
@@ -145,7 +155,9 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def train_command(args: argparse.Namespace) -> int:
     mc, tc = _configs(args)
-    out: Path = args.out
+    out: Path = (
+        args.out or Path("runs") / f"{args.model}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     ckpt = out / "checkpoint.pt"
     run_config = {
         "model": asdict(mc),
@@ -158,7 +170,7 @@ def train_command(args: argparse.Namespace) -> int:
         from .checkpoint import load_checkpoint
 
         saved = load_checkpoint(ckpt)["config"]
-        if saved.get("model") != json.loads(json.dumps(asdict(mc))):
+        if _jsonable(saved.get("model")) != _jsonable(asdict(mc)):
             raise CheckpointError(
                 f"{ckpt} was trained with model settings {saved.get('model')}; pass the same "
                 "options to --resume it"

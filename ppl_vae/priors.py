@@ -113,11 +113,8 @@ class Flat(Prior):
 
     can_sample = False
 
-    def __init__(self, latent_dim: int) -> None:
-        super().__init__(latent_dim)
-        self.register_buffer("_anchor", torch.zeros(()))  # carries device and dtype
-
     def forward(self) -> dist.TorchDistribution:
+        # No tensors: log_prob returns zeros shaped like (and on the device of) the value scored.
         return dist.ImproperUniform(
             constraints.real, batch_shape=(), event_shape=(self.latent_dim,)
         )
