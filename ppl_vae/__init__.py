@@ -7,7 +7,7 @@ prior, a likelihood, encoder/decoder networks and a guide family — and trained
 
 __version__ = "0.1.0"
 
-from . import likelihoods, nets, priors
+from . import corruptions, latent, likelihoods, nets, pca, priors
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import ImageData, load_dataset
 from .errors import CheckpointError, DataError, TrainingDivergedError
@@ -37,16 +37,19 @@ __all__ = [
     "TrainingDivergedError",
     "bits_per_dim",
     "build_model",
+    "corruptions",
     "elbo",
     "elbo_per_image",
     "evaluate",
     "fit",
+    "latent",
     "likelihoods",
     "load_checkpoint",
     "load_dataset",
     "log_likelihood",
     "make_elbo",
     "nets",
+    "pca",
     "priors",
     "reconstruction_error",
     "save_checkpoint",

@@ -39,6 +39,7 @@ __all__ = [
     "corrupt",
     "make_corruption",
     "psnr",
+    "reconstruction_psnr",
 ]
 
 
@@ -400,3 +401,21 @@ def psnr(
         raise ValueError(f"shapes differ: {tuple(x.shape)} vs {tuple(reference.shape)}")
     mse = ((x - reference) ** 2).flatten(1).mean(1)
     return 10.0 * torch.log10(data_range**2 / mse.clamp_min(eps))
+
+
+@torch.no_grad()
+def reconstruction_psnr(
+    model: object, x: torch.Tensor, x_in: torch.Tensor | None = None, batch_size: int = 1000
+) -> float:
+    """Mean PSNR (dB) of ``model.reconstruct(x, x̃)`` against the clean ``x``, in batches.
+
+    Any object with ``reconstruct(x, x_in)`` works (:class:`~ppl_vae.model.VAE`,
+    :class:`~ppl_vae.pca.PCA`). Reconstructions are clipped to ``[0, 1]``, the images' range.
+    """
+    total = 0.0
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start : start + batch_size]
+        xin = None if x_in is None else x_in[start : start + batch_size]
+        rec = model.reconstruct(xb, xin).clamp(0, 1)  # type: ignore[attr-defined]
+        total += float(psnr(rec, xb).sum())
+    return total / x.shape[0]

@@ -20,6 +20,12 @@ from pyro import poutine
 
 from .model import VAE
 
+#: Largest chunk (in numbers) that :func:`log_likelihood` uses on CPU. glibc serves allocations
+#: above its mmap threshold (32 MiB at most) with fresh pages that are faulted in and zeroed on
+#: every use; chunks of 2**22 numbers (16 MiB per float32 tensor) are recycled from the heap
+#: instead. Measured on a 2-core CPU: 2**21–2**22 takes 0.6x the CPU time of 2**25.
+CPU_MAX_ELEMENTS = 2**22
+
 __all__ = [
     "bits_per_dim",
     "elbo",
@@ -102,7 +108,9 @@ def log_likelihood(
     """Importance-sampled log p(x) per image with ``num_samples`` draws from q(z|x): shape (N,).
 
     Particles are processed in chunks of at most ``max_elements / (batch_size · pixels)`` so the
-    largest decoder output stays under ``max_elements`` numbers whatever ``num_samples`` is.
+    largest decoder output stays under ``max_elements`` numbers whatever ``num_samples`` is: the
+    peak memory does not grow with ``num_samples``. On CPU the chunk is further capped at
+    :data:`CPU_MAX_ELEMENTS` numbers, which is faster there; on GPUs the larger the better.
     """
     if not model.guide_family.has_density:
         raise ValueError(
@@ -113,6 +121,8 @@ def log_likelihood(
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     model.check_data(x)
     per_particle = batch_size * math.prod(model.image_shape) * model.likelihood.params_per_pixel
+    if x.device.type == "cpu":
+        max_elements = min(max_elements, CPU_MAX_ELEMENTS)
     chunk = max(1, min(num_samples, max_elements // per_particle))
     out = []
     batches = x.split(batch_size)

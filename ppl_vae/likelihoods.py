@@ -30,6 +30,7 @@ __all__ = [
     "Bernoulli",
     "ContinuousBernoulli",
     "Gaussian",
+    "GaussianIdentity",
     "GaussianLearnedVariance",
     "Independent",
     "Laplace",
@@ -150,6 +151,11 @@ class Gaussian(Independent):
         super().__init__(dist.Normal, loc=mean_fn or _identity, scale=math.sqrt(variance))
 
 
+def GaussianIdentity(variance: float = 1.0) -> Gaussian:
+    """Gaussian with fixed variance and identity mean: the linear AE / probabilistic PCA."""
+    return Gaussian(variance=variance, mean_fn=None)
+
+
 class GaussianLearnedVariance(Likelihood):
     """Gaussian whose decoder outputs both μ and log σ² per pixel (the lecture's two heads).
 
@@ -196,6 +202,7 @@ LIKELIHOODS: dict[str, Callable[..., Likelihood]] = {
     "bernoulli": Bernoulli,
     "continuous-bernoulli": ContinuousBernoulli,
     "gaussian": Gaussian,
+    "gaussian-identity": GaussianIdentity,
     "gaussian-learned": GaussianLearnedVariance,
     "laplace": Laplace,
 }

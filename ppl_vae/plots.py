@@ -21,9 +21,9 @@ __all__ = ["image_grid", "save_elbo_curves", "save_image_rows", "save_run_figure
 
 
 def image_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
-    """``(N, C, H, W)`` images in [0, 1] → one ``(H', W', C)`` array for ``imshow``."""
+    """``(N, C, H, W)`` images in [0, 1] → one ``(H', W', C)`` NumPy array for ``imshow``."""
     grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1)
-    return grid.permute(1, 2, 0)
+    return grid.permute(1, 2, 0).numpy()
 
 
 def save_image_rows(
