@@ -41,10 +41,10 @@ from .data import (
 )
 from .errors import CheckpointError, DataError, TrainingDivergedError
 from .evaluate import evaluate, reconstruction_error
-from .likelihoods import LIKELIHOODS
+from .likelihoods import LIKELIHOODS, make_likelihood
 from .model import GUIDES, ModelConfig, build_model
 from .nets import NETS
-from .priors import PRIORS, Flat
+from .priors import PRIORS, Flat, make_prior
 from .train import Objective, TrainConfig, fit, resolve_device
 
 #: Named model families: the same machinery with different parts (see ppl_vae.model).
@@ -123,13 +123,13 @@ def _add_run_options(t: argparse.ArgumentParser, compare: bool = False) -> None:
         "--train-size",
         type=int,
         default=10_000 if compare else None,
-        help="use the first N training images" + (" (0: all)" if compare else ""),
+        help="use the first N training images (0 or absent: all)",
     )
     t.add_argument(
         "--test-size",
         type=int,
         default=2_000 if compare else None,
-        help="use the first N test images" + (" (0: all)" if compare else ""),
+        help="use the first N test images (0 or absent: all)",
     )
     t.add_argument(
         "--iw-samples",
@@ -238,6 +238,9 @@ def _configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
         prior_kwargs=prior_kwargs,
         likelihood_kwargs=args.likelihood_kwargs,
     )
+    # Build the parts once now, so a typo in a name or a parameter fails before data is read.
+    make_prior(mc.prior, mc.latent_dim, **mc.prior_kwargs)
+    make_likelihood(mc.likelihood, **mc.likelihood_kwargs)
     tc = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -365,9 +368,13 @@ def _train_run(args: argparse.Namespace, data: ImageData | None = None) -> dict[
     """Train, evaluate and write one run folder; returns the metrics (what ``train`` does)."""
     mc, tc = _configs(args)
     train_spec, eval_spec = _corruption_specs(args)
+    if args.resume and args.out is None:
+        raise ValueError("--resume needs --out RUN_FOLDER (the run to continue)")
     out: Path = (
         args.out or Path("runs") / f"{args.model}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
+    if args.out is None and out.exists():  # two runs started in the same second
+        out = out.with_name(f"{out.name}-{os.getpid()}")
     ckpt = out / "checkpoint.pt"
     run_config = {
         "model": asdict(mc),
@@ -386,6 +393,12 @@ def _train_run(args: argparse.Namespace, data: ImageData | None = None) -> dict[
                 f"{ckpt} was trained with model settings {saved.get('model')}; pass the same "
                 "options to --resume it"
             )
+        for key in ("dataset", "train_size", "test_size"):
+            if saved.get(key) != run_config[key]:
+                raise CheckpointError(
+                    f"{ckpt} was trained with {key}={saved.get(key)!r}, not {run_config[key]!r};"
+                    " pass the same data options to --resume it"
+                )
         if saved.get("corruption", train_spec) != train_spec:
             raise CheckpointError(
                 f"{ckpt} was trained with --corruption {saved.get('corruption')}; pass the same "
@@ -400,7 +413,7 @@ def _train_run(args: argparse.Namespace, data: ImageData | None = None) -> dict[
     print(f"ppl-vae: {args.model} on {args.dataset}, device {device}, run folder {out}")
     if data is None:
         data = load_dataset(args.dataset, args.data_root, device=device)
-        data = data.subset(args.train_size, args.test_size)
+        data = data.subset(args.train_size or None, args.test_size or None)  # 0 = all
     model = build_model(mc, data.image_shape)
     n_params = sum(p.numel() for p in model.parameters())
     print(
@@ -534,6 +547,7 @@ def compare_command(args: argparse.Namespace) -> int:
         run.corruption = args.dae_corruption if name == "dae" else "none"
         run.sparsity_lambda = args.sparsity_lambda if name == "sparse-ae" else None
         run.out = out / name
+        run.resume = args.resume and (run.out / "checkpoint.pt").exists()
         metrics = _train_run(run, data)
         mc, _ = _configs(run)
         prior = mc.prior + (

@@ -146,6 +146,10 @@ def reconstruction_error(
     model: VAE, x: torch.Tensor, x_in: torch.Tensor | None = None, batch_size: int = 1000
 ) -> float:
     """Mean squared error per pixel between ``x`` and decode(encode(x̃)) (x̃ = ``x_in`` or x)."""
+    if hasattr(model, "check_data"):  # also used with the PCA baseline (same interface)
+        model.check_data(x)
+    if x_in is not None and x_in.shape != x.shape:
+        raise ValueError(f"x_in has shape {tuple(x_in.shape)}, x has {tuple(x.shape)}")
     sq = 0.0
     for i, xb in enumerate(x.split(batch_size)):
         xin = None if x_in is None else x_in[i * batch_size : (i + 1) * batch_size]
@@ -168,13 +172,14 @@ def evaluate(
     progress: bool = False,
 ) -> dict[str, float]:
     """The standard report: ELBO, IS log p(x) (on the first ``iw_images``), MSE, bits/dim."""
+    was_training = model.training
     model.eval()
     d = math.prod(model.image_shape)
     metrics: dict[str, float] = {"num_images": x.shape[0]}
     metrics["elbo"] = elbo(model, x)
     metrics["elbo_bits_per_dim"] = bits_per_dim(metrics["elbo"], d)
     metrics["reconstruction_mse"] = reconstruction_error(model, x)
-    if model.guide_family.has_density and iw_samples > 0:
+    if model.guide_family.has_density and iw_samples > 0 and iw_images != 0:
         xs = x if iw_images is None else x[:iw_images]
         ll = log_likelihood(model, xs, num_samples=iw_samples, progress=progress)
         metrics["log_likelihood"] = float(ll.mean())
@@ -182,5 +187,5 @@ def evaluate(
         metrics["log_likelihood_images"] = xs.shape[0]
         metrics["bits_per_dim"] = bits_per_dim(metrics["log_likelihood"], d)
         metrics["elbo_same_images"] = elbo(model, xs)
-    model.train()
+    model.train(was_training)
     return metrics

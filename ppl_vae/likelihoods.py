@@ -216,4 +216,7 @@ def make_likelihood(name: str, **kwargs: float) -> Likelihood:
         raise ValueError(
             f"unknown likelihood {name!r}; choose one of {sorted(LIKELIHOODS)}"
         ) from None
-    return factory(**kwargs)
+    try:
+        return factory(**kwargs)
+    except TypeError as e:
+        raise ValueError(f"bad parameters {kwargs} for the {name!r} likelihood: {e}") from None

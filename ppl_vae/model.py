@@ -211,6 +211,14 @@ class VAE(nn.Module):
         """Raise :class:`DataError` unless ``x`` is a finite float batch this model can score."""
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise DataError(f"{what} must be a floating-point tensor, got {_describe(x)}")
+        param = next(self.parameters(), None)
+        if param is not None and x.dtype != param.dtype:
+            raise DataError(
+                f"{what} is {x.dtype} but the model's parameters are {param.dtype}; convert one "
+                f"(x.to({param.dtype}) or model.to({x.dtype}))"
+            )
+        if x.shape[0] == 0:
+            raise DataError(f"{what} is empty")
         if tuple(x.shape[1:]) != self.image_shape:
             raise DataError(
                 f"{what} has shape {tuple(x.shape)}, expected (N, *{self.image_shape})"

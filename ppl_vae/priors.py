@@ -114,10 +114,15 @@ class Flat(Prior):
     can_sample = False
 
     def forward(self) -> dist.TorchDistribution:
-        # No tensors: log_prob returns zeros shaped like (and on the device of) the value scored.
-        return dist.ImproperUniform(
-            constraints.real, batch_shape=(), event_shape=(self.latent_dim,)
-        )
+        return _FlatDensity(constraints.real, batch_shape=(), event_shape=(self.latent_dim,))
+
+
+class _FlatDensity(dist.ImproperUniform):
+    """``ImproperUniform`` whose zeros follow the scored value's device and dtype (Pyro's are
+    always on the CPU, which breaks adding them to CUDA log-weights)."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return value.new_zeros(value.shape[: value.dim() - self.event_dim])
 
 
 class MixtureOfGaussians(Prior):
@@ -128,8 +133,9 @@ class MixtureOfGaussians(Prior):
 
     def __init__(self, latent_dim: int, n_components: int = 10, seed: int = 0) -> None:
         super().__init__(latent_dim)
-        if n_components <= 0:
-            raise ValueError(f"n_components must be positive, got {n_components}")
+        if n_components <= 0 or n_components != int(n_components):
+            raise ValueError(f"n_components must be a positive integer, got {n_components}")
+        n_components, seed = int(n_components), int(seed)
         g = torch.Generator().manual_seed(seed)
         self.logits = nn.Parameter(torch.zeros(n_components))
         self.locs = nn.Parameter(torch.randn(n_components, latent_dim, generator=g))
@@ -157,4 +163,7 @@ def make_prior(name: str, latent_dim: int, **kwargs: float) -> Prior:
         factory = PRIORS[name]
     except KeyError:
         raise ValueError(f"unknown prior {name!r}; choose one of {sorted(PRIORS)}") from None
-    return factory(latent_dim, **kwargs)
+    try:
+        return factory(latent_dim, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"bad parameters {kwargs} for the {name!r} prior: {e}") from None

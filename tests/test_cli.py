@@ -65,10 +65,13 @@ def test_train_writes_run_folder_and_resumes(mnist, tmp_path: Path):
         (["--latent-dim", "0"], "latent_dim"),
         (["--prior", "cauchy"], "invalid choice"),
         (["--likelihood", "poisson"], "invalid choice"),
+        (["--prior-kwargs", "foo=1"], "bad parameters"),
+        (["--resume"], "--resume needs --out"),
     ],
 )
 def test_cli_bad_options_fail_clearly(tmp_path: Path, args, message):
-    r = _cli("train", "--out", str(tmp_path / "x"), *args)
+    out = [] if "--resume" in args else ["--out", str(tmp_path / "x")]
+    r = _cli("train", *out, *args)
     assert r.returncode == 2
     assert message in r.stderr
     assert "Traceback" not in r.stderr

@@ -204,3 +204,26 @@ def test_custom_independent_prior_from_any_pyro_family():
     model.prior = P.Independent(2, dist.Gumbel, loc=0.0, scale=1.0)
     assert isinstance(model.prior, nn.Module)
     assert model.sample(3).shape == (3, *IMG)
+
+
+def test_flat_prior_log_prob_follows_value_dtype_and_device():
+    z = torch.randn(4, 3, D, dtype=torch.float64)
+    lp = P.Flat(D)().log_prob(z)
+    assert lp.shape == (4, 3) and lp.dtype == torch.float64 and lp.device == z.device
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: P.make_prior("normal", 3, foo=1.0),
+        lambda: P.make_prior("mixture", 3, n_components=2.5),
+        lambda: L.make_likelihood("bernoulli", variance=0.1),
+    ],
+)
+def test_bad_component_parameters_are_value_errors(make):
+    with pytest.raises(ValueError, match=r"bad parameters|n_components"):
+        make()
+
+
+def test_mixture_prior_accepts_float_counts_from_the_cli():
+    assert P.make_prior("mixture", 3, n_components=4.0).logits.shape == (4,)

@@ -178,6 +178,8 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tmp_p
         (torch.rand(10, *IMG) * 2.0, "support"),
         (torch.rand(10, *IMG) - 0.5, "support"),
         (torch.randint(0, 2, (10, *IMG)), "floating"),
+        (torch.rand(10, *IMG, dtype=torch.float64), "float64"),
+        (torch.rand(0, *IMG), "empty"),
     ],
 )
 def test_bad_data_is_refused_before_training(bad, match):
