@@ -3,7 +3,7 @@
 Every script in ``experiments/`` follows the same shape::
 
     args = parse_args("what it does", number=7)          # --full / --tiny / --out / --device ...
-    b = budget(args, QUICK, FULL, TINY)                   # data and epochs of the mode
+    b = budget(args, BUDGETS)                             # data and epochs of the mode
     data = load_mnist(args, b)
     model, info = mnist_model(args, data, b, "vae-z2", ModelConfig(latent_dim=2))
     res = Results(args, number=7, name="vae_samples", title="...")
@@ -20,6 +20,7 @@ experiments that share a model — the size-32 conv AE of experiments 1, 2 and 3
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -41,8 +42,20 @@ from pyro import poutine
 from torch import nn
 from torch.nn import functional as F
 
-from ppl_vae import VAE, ImageData, ModelConfig, TrainConfig, build_model, fit, load_dataset
-from ppl_vae.corruptions import psnr
+from ppl_vae import (
+    VAE,
+    ImageData,
+    ModelConfig,
+    PointMassGuide,
+    TrainConfig,
+    build_model,
+    fit,
+    likelihoods,
+    load_dataset,
+    nets,
+    priors,
+)
+from ppl_vae.corruptions import make_corruption, psnr
 from ppl_vae.plots import image_grid
 from ppl_vae.train import resolve_device
 
@@ -87,7 +100,15 @@ def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None, help="override the mode's epochs")
     p.add_argument("--n-train", type=int, default=None, help="override the mode's training size")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for torch (default 1: these small nets gain little from more, and "
+        "on a shared machine extra threads mostly spin)",
+    )
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     args.mode = "full" if args.full else "tiny" if args.tiny else "quick"
     args.device = str(resolve_device(args.device))
     if args.cache is None:
@@ -96,9 +117,9 @@ def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.
     return args
 
 
-def budget(args: argparse.Namespace, quick: Budget, full: Budget, tiny: Budget) -> Budget:
-    """The budget of ``args.mode`` with any ``--epochs`` / ``--n-train`` override applied."""
-    b = {"quick": quick, "full": full, "tiny": tiny}[args.mode]
+def budget(args: argparse.Namespace, budgets: dict[str, Budget]) -> Budget:
+    """``budgets[args.mode]`` with any ``--epochs`` / ``--n-train`` override applied."""
+    b = budgets[args.mode]
     if args.epochs is not None:
         b = replace(b, epochs=args.epochs)
     if args.n_train is not None:
@@ -106,18 +127,20 @@ def budget(args: argparse.Namespace, quick: Budget, full: Budget, tiny: Budget) 
     return b
 
 
+@functools.lru_cache(maxsize=2)
+def _mnist(device: str) -> ImageData:
+    return load_dataset("mnist", verbose=False).to(device)
+
+
 def load_mnist(args: argparse.Namespace, b: Budget) -> ImageData:
-    """MNIST cut to the budget, on the chosen device."""
+    """MNIST cut to the budget (first images of each split), on the chosen device."""
     torch.manual_seed(args.seed)
-    data = load_dataset("mnist", verbose=False)
-    return data.subset(b.n_train, b.n_test).to(args.device)
+    return _mnist(args.device).subset(b.n_train, b.n_test)
 
 
 def train_config(args: argparse.Namespace, b: Budget, **overrides: Any) -> TrainConfig:
     """A :class:`TrainConfig` for this budget (``overrides`` e.g. ``objective="meanfield"``)."""
-    cfg = TrainConfig(
-        epochs=b.epochs, batch_size=b.batch_size, seed=args.seed, device=args.device
-    )
+    cfg = TrainConfig(epochs=b.epochs, batch_size=b.batch_size, seed=args.seed, device=args.device)
     return replace(cfg, **overrides)
 
 
@@ -157,9 +180,13 @@ def trained_model(
     model = build()
     if path.exists():
         blob = torch.load(path, map_location="cpu", weights_only=False)
-        model.load_state_dict(blob["state"])
-        model.to(args.device).eval()
-        return model, {**blob["info"], "cached": True}
+        try:
+            model.load_state_dict(blob["state"])
+        except RuntimeError:  # the library's modules changed since: train afresh
+            model = build()
+        else:
+            model.to(args.device).eval()
+            return model, {**blob["info"], "cached": True}
     t0 = time.perf_counter()
     history = fit(model, train_x, config, corruption=corruption, progress=False)
     info = {
@@ -203,6 +230,92 @@ def mnist_model(
 def vae_config(latent_dim: int, **kw: Any) -> ModelConfig:
     """The MNIST VAE shared by experiments 2, 3, 6, 7 and 8 (MLP 512-512, Bernoulli, N(0, I))."""
     return ModelConfig(latent_dim=latent_dim, **kw)
+
+
+#: Budgets of the MNIST VAEs shared by experiments 2, 3, 6, 7 and 8 (the cache reuses them).
+VAE_BUDGETS = {
+    "quick": Budget(n_train=20000, n_test=5000, epochs=5),
+    "full": Budget(n_train=None, n_test=None, epochs=10),
+    "tiny": Budget(n_train=512, n_test=256, epochs=1),
+}
+#: Budgets of the conv AEs shared by experiments 1, 2 and 3.
+AE_BUDGETS = {
+    "quick": Budget(n_train=5000, n_test=2000, epochs=3, batch_size=64),
+    "full": Budget(n_train=None, n_test=None, epochs=10),
+    "tiny": Budget(n_train=256, n_test=128, epochs=1, batch_size=64),
+}
+
+
+#: Budgets of the MNIST (denoising) AEs of experiments 5 and 6.
+DAE_BUDGETS = {
+    "quick": Budget(n_train=12000, n_test=2000, epochs=5),
+    "full": Budget(n_train=None, n_test=None, epochs=10),
+    "tiny": Budget(n_train=512, n_test=128, epochs=1),
+}
+#: Corruptions of experiment 5 (:func:`ppl_vae.corruptions.make_corruption` specs).
+CORRUPTIONS = {
+    "50% pixel dropout": "dropout:0.5",
+    "90% pixel dropout": "dropout:0.9",
+    "blur σ = 4": "blur:4",
+    "16×16 block mask": "block:16",
+}
+
+
+def dae_config(latent_dim: int = 32) -> ModelConfig:
+    """The MSE-trained MLP (denoising) AE: point-mass guide, flat prior, Gaussian c = 0.1."""
+    return ModelConfig(
+        latent_dim=latent_dim,
+        guide="delta",
+        prior="flat",
+        likelihood="gaussian",
+        likelihood_kwargs={"variance": 0.1},
+    )
+
+
+def dae(
+    args: argparse.Namespace, data: ImageData, b: Budget, spec: str | None
+) -> tuple[VAE, dict[str, Any]]:
+    """The DAE trained against corruption ``spec`` (``None``: the plain AE), cached."""
+    corruption = None if spec is None else make_corruption(spec, seed=args.seed)
+    name = "ae-mlp" if spec is None else f"dae-{spec.replace(':', '')}"
+    return mnist_model(
+        args, data, b, name, dae_config(), corruption=corruption, corruption_spec=spec
+    )
+
+
+#: Convolutional AE of experiments 1-3: narrower than the library's default conv nets (16
+#: channels, 256 hidden units) because convolutions are slow on a 2-core CPU; a larger learning
+#: rate than the default 1e-3 because the quick budget allows only a few hundred steps.
+CONV_AE = {"channels": 16, "hidden": 256, "likelihood": "gaussian", "variance": 0.1, "lr": 3e-3}
+
+
+def conv_ae(
+    args: argparse.Namespace, data: ImageData, b: Budget, latent_dim: int
+) -> tuple[VAE, dict[str, Any]]:
+    """The MSE-trained convolutional AE (point-mass guide, flat prior, Gaussian likelihood with
+    fixed variance c = 0.1 and sigmoid mean), trained or loaded from the cache."""
+    shape = data.image_shape
+
+    def build() -> VAE:
+        ch, hid = CONV_AE["channels"], CONV_AE["hidden"]
+        return VAE(
+            nets.ConvEncoder(shape, latent_dim, channels=ch, hidden=hid),
+            nets.ConvDecoder(latent_dim, shape, channels=ch, hidden=hid),
+            priors.Flat(latent_dim),
+            likelihoods.Gaussian(variance=CONV_AE["variance"]),
+            shape,
+            PointMassGuide(),
+        )
+
+    spec = {"latent_dim": latent_dim, **CONV_AE}
+    return trained_model(
+        args,
+        f"conv-ae-z{latent_dim}",
+        spec,
+        build,
+        data.train_x,
+        train_config(args, b, lr=CONV_AE["lr"]),
+    )
 
 
 #: The VAEs are trained with the analytic-KL ELBO (lower variance than the Monte Carlo KL).
@@ -258,9 +371,7 @@ class DigitClassifier(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10)
-        )
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -310,11 +421,19 @@ def save_rows(
     title: str,
     col_labels: Sequence[str] | None = None,
     label_width: float = 1.6,
+    cell: float = 0.55,
 ) -> Path:
-    """One labelled row of images per tensor ``(n, C, H, W)`` (originals, corrupted, ...)."""
+    """One labelled row of images per tensor ``(n, C, H, W)`` (originals, corrupted, ...).
+
+    ``cell`` is the width in inches given to one image; widen it for long column labels.
+    """
     n = max(r.shape[0] for r in rows)
+    top = 0.9 if col_labels and any("\n" in c for c in col_labels) else 0.6
     fig, axes = plt.subplots(
-        len(rows), 1, figsize=(n * 0.55 + label_width, len(rows) * 0.62 + 0.6), squeeze=False
+        len(rows),
+        1,
+        figsize=(n * cell + label_width, len(rows) * cell * 1.13 + top),
+        squeeze=False,
     )
     for ax, row, label in zip(axes[:, 0], rows, labels):
         ax.imshow(image_grid(row, nrow=n), cmap="gray", interpolation="nearest")
@@ -344,7 +463,7 @@ def save_panels(
     ncols = ncols or len(panels)
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(
-        nrows, ncols, figsize=(panel_size * ncols, panel_size * nrows + 0.5), squeeze=False
+        nrows, ncols, figsize=(panel_size * ncols, (panel_size + 0.3) * nrows + 0.4), squeeze=False
     )
     for ax in axes.flat:
         ax.axis("off")
@@ -395,11 +514,11 @@ class Results:
             {"file": filename, "caption": caption, "verdict": verdict, "agrees": agrees}
         )
 
-    def table(
-        self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
-    ) -> None:
+    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """A table for the report; floats are rounded when rendered."""
-        self.tables.append({"title": title, "columns": list(columns), "rows": [list(r) for r in rows]})
+        self.tables.append(
+            {"title": title, "columns": list(columns), "rows": [list(r) for r in rows]}
+        )
 
     def save(self) -> Path:
         """Write ``metrics.json`` and return its path."""

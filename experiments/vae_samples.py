@@ -11,11 +11,12 @@ size (nats per image) and a classifier's confidence on the samples.
 
 from __future__ import annotations
 
-import torch
+import itertools
 
+import torch
 from common import (
+    VAE_BUDGETS,
     VAE_TRAIN,
-    Budget,
     Results,
     budget,
     budget_dict,
@@ -26,18 +27,16 @@ from common import (
     save_panels,
     vae_config,
 )
+
 from ppl_vae import elbo
 
 SIZES = (2, 5, 10, 20)
-QUICK = Budget(n_train=20000, n_test=5000, epochs=5)
-FULL = Budget(n_train=None, n_test=None, epochs=10)
-TINY = Budget(n_train=512, n_test=256, epochs=1)
 
 
 def main() -> None:
     """Train the four VAEs, draw 100 samples from each, write the figure and the ELBO table."""
     args = parse_args(__doc__.splitlines()[0])
-    b = budget(args, QUICK, FULL, TINY)
+    b = budget(args, VAE_BUDGETS)
     data = load_mnist(args, b)
     res = Results(args, 7, "vae_samples", "VAE samples at latent sizes 2, 5, 10, 20")
     res.settings = {
@@ -67,16 +66,21 @@ def main() -> None:
     )
     elbos = [r[1] for r in rows]
     improves = elbos[-1] > elbos[0]
-    monotone = all(a < b_ for a, b_ in zip(elbos, elbos[1:]))
+    monotone = all(a < b_ for a, b_ in itertools.pairwise(elbos))
     res.figure(
         "vae_samples.png",
         "Decoded prior samples of VAEs with 2-, 5-, 10- and 20-dimensional latent spaces, in the "
         "layout of Kingma & Welling's Figure 5.",
         (
             "Agrees: as in the paper, every size yields digit-like samples, the 2-D model's are "
-            "the blurriest and least varied, and the test ELBO "
-            + ("rises monotonically" if monotone else "is higher at 20 than at 2")
-            + " with the latent size (no over-fitting from more latent variables)."
+            "the blurriest, and the test ELBO "
+            + (
+                "rises monotonically with the latent size"
+                if monotone
+                else f"is higher at {SIZES[-1]} than at {SIZES[0]} latent dimensions (it levels "
+                "off at the larger sizes)"
+            )
+            + " — more latent variables do not over-fit, thanks to the KL term."
             if improves
             else "Disagrees: the test ELBO does not improve from 2 to 20 latent dimensions "
             "(too little training in this mode?)."

@@ -1,0 +1,187 @@
+"""Build ``REPORT.md`` from the ``metrics.json`` files the experiment scripts wrote.
+
+    python experiments/report.py --out results
+
+Reads ``<out>/<mode>/<experiment>/metrics.json`` for the modes ``full`` and ``quick`` (and
+``tiny`` only if nothing else is there) plus ``<out>/<mode>/run_all.json``, and writes one
+Markdown file with relative image links: a summary of verdicts, then per experiment its settings,
+command, figures with captions and "agrees with the lecture?" verdicts, and tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+MODES = ("full", "quick", "tiny")
+MODE_TEXT = {
+    "full": "full mode",
+    "quick": "quick mode",
+    "tiny": "tiny smoke-test mode (numbers meaningless)",
+}
+MARK = {True: "✅ agrees", False: "❌ disagrees", None: "➖ qualitative only"}
+ICON = {True: "✅", False: "❌", None: "➖"}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if v != v:  # NaN
+            return "–"
+        if abs(v) >= 1000 or v == 0:
+            return f"{v:.1f}" if abs(v) >= 1000 else "0"
+        if abs(v) < 0.01:
+            return f"{v:.2e}"
+        return f"{v:.4g}"
+    return str(v).replace("|", "\\|")
+
+
+def table_md(t: dict[str, Any]) -> str:
+    """A Markdown table with a bold title line."""
+    lines = [f"**{t['title']}**", ""]
+    lines.append("| " + " | ".join(_fmt(c) for c in t["columns"]) + " |")
+    lines.append("|" + "---|" * len(t["columns"]))
+    for row in t["rows"]:
+        lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _settings_md(settings: dict[str, Any]) -> str:
+    lines = []
+    for k, v in settings.items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{a}: {b}" for a, b in v.items())
+        lines.append(f"- **{k}**: {v}")
+    return "\n".join(lines)
+
+
+def load_results(out: Path) -> dict[str, dict[int, dict[str, Any]]]:
+    """``{mode: {experiment number: metrics.json contents}}`` for every mode present."""
+    found: dict[str, dict[int, dict[str, Any]]] = {}
+    for mode in MODES:
+        for path in sorted((out / mode).glob("*/metrics.json")):
+            blob = json.loads(path.read_text())
+            blob["_dir"] = path.parent.relative_to(out).as_posix()
+            found.setdefault(mode, {})[blob["number"]] = blob
+    if len(found) > 1:
+        found.pop("tiny", None)
+    return found
+
+
+def experiment_md(blob: dict[str, Any], fig_counter: list[int]) -> str:
+    """One experiment run: command, settings, figures with verdicts, tables, notes."""
+    parts = [
+        f"_{MODE_TEXT[blob['mode']]}_ · command: `{blob['command']}` · device {blob['device']} · "
+        f"seed {blob['seed']} · {blob['runtime_seconds']:.0f} s",
+        "",
+        "<details><summary>settings</summary>",
+        "",
+        _settings_md(blob["settings"]),
+        "",
+        "</details>",
+        "",
+    ]
+    for fig in blob["figures"]:
+        fig_counter[0] += 1
+        n = fig_counter[0]
+        parts += [
+            f"![Figure {n}: {fig['caption']}]({blob['_dir']}/{fig['file']})",
+            "",
+            f"*Figure {n} ({blob['mode']}).* {fig['caption']}",
+            "",
+            f"**Agrees with the lecture?** {ICON[fig['agrees']]} {fig['verdict']}",
+            "",
+        ]
+    for t in blob["tables"]:
+        parts += [table_md(t), ""]
+    for note in blob.get("notes", []):
+        parts += [f"> Note: {note}", ""]
+    return "\n".join(parts)
+
+
+def build_report(out: Path) -> Path:
+    """Write ``<out>/REPORT.md`` and return its path."""
+    found = load_results(out)
+    numbers = sorted({n for runs in found.values() for n in runs})
+    runs_info = {}
+    for mode in found:
+        p = out / mode / "run_all.json"
+        if p.exists():
+            runs_info[mode] = json.loads(p.read_text())
+    any_blob = next(iter(next(iter(found.values())).values())) if found else {}
+    lines = [
+        "# ppl_vae experiments: the lecture's MNIST results, reproduced",
+        "",
+        f"Built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `experiments/report.py` "
+        f"from the `metrics.json` files under `{out.name}/` (torch {any_blob.get('torch', '?')}, "
+        f"pyro {any_blob.get('pyro', '?')}). Every figure below comes with the settings and "
+        "the command that produced it and a one-sentence verdict on whether it matches what "
+        "the lecture shows. Regenerate everything in quick mode with",
+        "",
+        "```",
+        "python experiments/run_all.py --out results",
+        "```",
+        "",
+        "and a long run of chosen experiments with e.g. "
+        "`python experiments/run_all.py --full --only 1,5,7` (CUDA is used when present).",
+        "",
+    ]
+    for mode, info in runs_info.items():
+        ok = sum(r["returncode"] == 0 for r in info["scripts"])
+        lines.append(
+            f"- **{mode} mode** via `{info['command']}`: {ok}/{len(info['scripts'])} scripts "
+            f"succeeded in {info['total_seconds'] / 60:.1f} min on {info['device']} "
+            f"({info['threads']} torch thread(s)); {info['note']}"
+        )
+    lines += [
+        "",
+        "## Summary",
+        "",
+        "| # | experiment | mode | figures | verdicts |",
+        "|---|---|---|---|---|",
+    ]
+    for n in numbers:
+        for mode in found:
+            blob = found[mode].get(n)
+            if blob is None:
+                continue
+            verdicts = ", ".join(MARK[f["agrees"]] for f in blob["figures"])
+            lines.append(
+                f"| {n} | {blob['title']} | {mode} | {len(blob['figures'])} | {verdicts} |"
+            )
+    full = found.get("full", {})
+    if full:
+        lines += ["", "## Full-mode numbers", ""]
+        for n in sorted(full):
+            blob = full[n]
+            lines += [f"### {n}. {blob['title']} (full mode)", "", f"`{blob['command']}`", ""]
+            for t in blob["tables"]:
+                lines += [table_md(t), ""]
+    counter = [0]
+    for n in numbers:
+        title = next(found[m][n]["title"] for m in found if n in found[m])
+        lines += ["", f"## {n}. {title}", ""]
+        for mode in found:
+            if n in found[mode]:
+                lines += [
+                    f"### {MODE_TEXT[mode].capitalize()}",
+                    "",
+                    experiment_md(found[mode][n], counter),
+                ]
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path
+
+
+def main() -> None:
+    """Command line: ``--out`` is the results folder."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="results")
+    args = p.parse_args()
+    print(f"wrote {build_report(Path(args.out))}")
+
+
+if __name__ == "__main__":
+    main()
