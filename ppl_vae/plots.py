@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .model import VAE
     from .train import History
 
-__all__ = ["image_grid", "save_elbo_curves", "save_image_rows", "save_run_figures"]
+__all__ = ["image_grid", "save_elbo_curves", "save_grid", "save_image_rows", "save_run_figures"]
 
 
 def image_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
