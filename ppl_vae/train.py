@@ -436,7 +436,7 @@ def fit(
         history = History.from_dict(ckpt["history"])
         start_epoch = int(ckpt["epoch"])
         gen.set_state(ckpt["generator_state"].to(gen.get_state().device))
-        torch.set_rng_state(ckpt["torch_rng_state"])
+        torch.set_rng_state(ckpt["torch_rng_state"].cpu())  # map_location may have moved it
 
     n = train_x.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)
@@ -474,13 +474,9 @@ def fit(
             first_step = False
             if not math.isfinite(loss):
                 where = f"epoch {epoch + 1}, step {step + 1}/{steps_per_epoch}"
-                kept = (
-                    f"the last good checkpoint {checkpoint_path} (after epoch {epoch}) is intact"
-                    if checkpoint_path is not None and Path(checkpoint_path).exists()
-                    else "no checkpoint had been written yet"
-                )
                 raise TrainingDivergedError(
-                    f"training diverged: the loss became {loss} at {where}; {kept}. "
+                    f"training diverged: the loss became {loss} at {where}; "
+                    f"{_kept(checkpoint_path, epoch)}. "
                     "Try a smaller learning rate or a likelihood with bounded variance.",
                     epoch=epoch + 1,
                     step=step + 1,
@@ -491,6 +487,16 @@ def fit(
             if progress and step % 20 == 0:
                 bar.set_postfix(loss=f"{loss / n:.2f}")
         bar.close()
+        # svi.step reports the loss *before* its update: a non-finite gradient on the last step
+        # would only show in the parameters. Never checkpoint those.
+        bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise TrainingDivergedError(
+                f"training diverged: parameters {bad[:3]} became NaN/Inf during epoch {epoch + 1}"
+                f" (the losses stayed finite); {_kept(checkpoint_path, epoch)}.",
+                epoch=epoch + 1,
+                step=steps_per_epoch,
+            )
         train_loss = total / max(seen, 1)
         test_elbo = float("nan")
         if test_x is not None:
@@ -519,3 +525,10 @@ def fit(
         for cb in callbacks:
             cb(epoch + 1, history, model)
     return history
+
+
+def _kept(checkpoint_path: str | Path | None, epoch: int) -> str:
+    """What is left on disk after a divergence in (0-based) ``epoch``."""
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        return f"the last good checkpoint {checkpoint_path} (after epoch {epoch}) is intact"
+    return "no checkpoint had been written yet"

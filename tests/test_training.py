@@ -288,3 +288,34 @@ def test_cuda_training_epoch():  # pragma: no cover - runs only on a GPU machine
     model = _model()
     hist = fit(model, x, _cfg(epochs=1, device="cuda"), test_x=x, progress=False)
     assert next(model.parameters()).is_cuda and math.isfinite(hist.test_elbo[0])
+
+
+def test_nan_parameters_after_finite_losses_are_never_checkpointed(tmp_path):
+    """A NaN gradient on an epoch's last step leaves finite losses but NaN weights."""
+    x = _data()
+    model = _model()
+    path = tmp_path / "ck.pt"
+    fit(model, x, _cfg(epochs=1), checkpoint_path=path, progress=False)
+    good = path.read_bytes()
+    calls = {"n": 0}
+    original = model.decoder.forward
+
+    class NanGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * float("nan")
+
+    def poisoned(z):
+        calls["n"] += 1
+        out = original(z)
+        return NanGrad.apply(out) if calls["n"] == 3 else out  # last step of epoch 2
+
+    model.decoder.forward = poisoned
+    with pytest.raises(TrainingDivergedError, match=r"parameters .* during epoch 2") as info:
+        fit(model, x, _cfg(epochs=2), checkpoint_path=path, resume=True, progress=False)
+    assert "intact" in str(info.value)
+    assert path.read_bytes() == good
