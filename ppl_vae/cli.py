@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ppl-vae", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"ppl_vae {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    # handled in main() by ppl_vae.bench, listed here so that --help shows it
+    sub.add_parser("benchmark", help="time library training against hand-written PyTorch")
 
     t = sub.add_parser("train", help="train a model, evaluate it and write a run folder")
     t.add_argument(
@@ -637,6 +639,11 @@ def _compare_markdown(settings: dict[str, Any], rows: list[dict[str, Any]]) -> s
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; errors the user can act on print one clear line and exit with status 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["benchmark"]:  # its own parser: ppl-vae benchmark --help
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
