@@ -56,7 +56,7 @@ from ppl_vae import (
     priors,
 )
 from ppl_vae.corruptions import make_corruption, psnr
-from ppl_vae.plots import image_grid
+from ppl_vae.plots import image_grid, save_image_rows
 from ppl_vae.train import resolve_device
 
 #: Figures are written at this resolution: legible in a browser, small in the repository.
@@ -423,33 +423,11 @@ def save_rows(
     label_width: float = 1.6,
     cell: float = 0.55,
 ) -> Path:
-    """One labelled row of images per tensor ``(n, C, H, W)`` (originals, corrupted, ...).
-
-    ``cell`` is the width in inches given to one image; widen it for long column labels.
-    """
-    n = max(r.shape[0] for r in rows)
-    top = 0.9 if col_labels and any("\n" in c for c in col_labels) else 0.6
-    fig, axes = plt.subplots(
-        len(rows),
-        1,
-        figsize=(n * cell + label_width, len(rows) * cell * 1.13 + top),
-        squeeze=False,
+    """One labelled row of images per tensor ``(n, C, H, W)``: ``ppl_vae.plots`` sized for the
+    report (``cell`` inches per image; widen it for long column labels)."""
+    return save_image_rows(
+        rows, labels, path, title, col_labels, cell=cell, label_width=label_width, dpi=DPI
     )
-    for ax, row, label in zip(axes[:, 0], rows, labels):
-        ax.imshow(image_grid(row, nrow=n), cmap="gray", interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-    if col_labels:
-        w = rows[0].shape[-1] + 2
-        axes[0, 0].set_xticks([2 + w * i + w / 2 - 1 for i in range(len(col_labels))])
-        axes[0, 0].set_xticklabels(col_labels, fontsize=8)
-        axes[0, 0].xaxis.tick_top()
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
 
 
 def save_panels(

@@ -32,12 +32,24 @@ def save_image_rows(
     path: str | Path,
     title: str = "",
     col_labels: Sequence[str] | None = None,
+    *,
+    cell: float = 0.62,
+    label_width: float = 1.6,
+    dpi: int = 110,
 ) -> Path:
-    """One labelled row per tensor of ``(n, C, H, W)`` images (originals, reconstructions, ...)."""
+    """One labelled row per tensor of ``(n, C, H, W)`` images (originals, reconstructions, ...).
+
+    ``cell`` is the width in inches of one image (widen it for long column labels) and
+    ``label_width`` the room left of the rows for their labels.
+    """
     path = Path(path)
     n = max(r.shape[0] for r in rows)
+    top = 0.9 if col_labels and any("\n" in c for c in col_labels) else 0.6
     fig, axes = plt.subplots(
-        len(rows), 1, figsize=(n * 0.62 + 1.6, len(rows) * 0.78 + 0.5), squeeze=False
+        len(rows),
+        1,
+        figsize=(n * cell + label_width, len(rows) * cell * 1.13 + top),
+        squeeze=False,
     )
     for ax, row, label in zip(axes[:, 0], rows, labels):
         ax.imshow(image_grid(row, nrow=n), cmap="gray", interpolation="nearest")
@@ -47,12 +59,12 @@ def save_image_rows(
     if col_labels:
         w = rows[0].shape[-1] + 2
         axes[0, 0].set_xticks([2 + w * i + w / 2 - 1 for i in range(len(col_labels))])
-        axes[0, 0].set_xticklabels(col_labels, fontsize=7)
+        axes[0, 0].set_xticklabels(col_labels, fontsize=8)
         axes[0, 0].xaxis.tick_top()
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
