@@ -425,8 +425,8 @@ def _train_run(args: argparse.Namespace, data: ImageData | None = None) -> dict[
         + f"; {n_params:,} parameters"
     )
     _write_json(out / "config.json", {**run_config, "train": asdict(tc)})
-    # The corruption's own generator is seeded, so a fresh run is reproducible; on --resume it
-    # restarts from the seed (its state is not checkpointed).
+    # The corruption's own generator is seeded, so a fresh run is reproducible; on --resume fit
+    # continues it from the state saved in the checkpoint.
     corruption = make_corruption(train_spec, seed=tc.seed) if train_spec else None
     t0 = time.perf_counter()
     history = fit(

@@ -68,6 +68,21 @@ class Corruption:
         """Restart the own generator from ``seed`` (the next call repeats the first one)."""
         self._generators.clear()
 
+    def get_state(self) -> dict[str, torch.Tensor]:
+        """States of the own generators by device (``fit`` stores them in its checkpoints)."""
+        return {str(dev): gen.get_state().cpu() for dev, gen in self._generators.items()}
+
+    def set_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Continue the own generators from :meth:`get_state`'s states (a resumed DAE then sees
+        the corruptions an uninterrupted run would have drawn). Needs a seed."""
+        if state and self.seed is None:
+            raise ValueError("cannot restore the generator state of a corruption without a seed")
+        self._generators.clear()
+        for dev, gen_state in state.items():
+            gen = self._own_generator(torch.device(dev))
+            assert gen is not None
+            gen.set_state(gen_state.to(gen.get_state().device))
+
     def _own_generator(self, device: torch.device) -> torch.Generator | None:
         if self.seed is None:
             return None

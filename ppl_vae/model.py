@@ -105,7 +105,16 @@ class VAE(nn.Module):
         self.encoder, self.decoder = encoder, decoder
         self.prior, self.likelihood = prior, likelihood
         self.image_shape = tuple(int(s) for s in image_shape)
-        self.likelihood.event_dim = len(self.image_shape)
+        event_dim = len(self.image_shape)
+        if getattr(likelihood, "_event_dim_set_by", None) not in (None, event_dim):
+            raise ValueError(
+                f"this {type(likelihood).__name__} is already used by a model of "
+                f"{likelihood._event_dim_set_by}-dim images; give each model its own likelihood "
+                f"instance (these are {event_dim}-dim)"
+            )
+        # the likelihood learns how many trailing dims form one image from the model it serves
+        self.likelihood.event_dim = event_dim
+        self.likelihood._event_dim_set_by = event_dim
         self.guide_family = guide if guide is not None else NormalGuide()
         self.latent_dim = prior.latent_dim
 

@@ -437,6 +437,10 @@ def fit(
         start_epoch = int(ckpt["epoch"])
         gen.set_state(ckpt["generator_state"].to(gen.get_state().device))
         torch.set_rng_state(ckpt["torch_rng_state"].cpu())  # map_location may have moved it
+        if device.type == "cuda" and ckpt.get("cuda_rng_state") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng_state"].cpu(), device)
+        if ckpt.get("corruption_state") and hasattr(corruption, "set_state"):
+            corruption.set_state(ckpt["corruption_state"])
 
     n = train_x.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)
@@ -520,6 +524,13 @@ def fit(
                     "config": {"train": asdict(config), **(extra_state or {})},
                     "generator_state": gen.get_state().cpu(),
                     "torch_rng_state": torch.get_rng_state(),
+                    # the noise of z ~ q on a GPU, and the DAE's corruption draws
+                    "cuda_rng_state": (
+                        torch.cuda.get_rng_state(device).cpu() if device.type == "cuda" else None
+                    ),
+                    "corruption_state": (
+                        corruption.get_state() if hasattr(corruption, "get_state") else None
+                    ),
                 },
             )
         for cb in callbacks:

@@ -100,6 +100,80 @@ def test_dynamic_binarization_gives_fresh_draws():
     assert not torch.equal(seen[0], seen[1])  # different epoch, different draw (and order)
 
 
+def test_dae_resume_continues_the_corruption_draws(tmp_path):
+    """A resumed denoising AE sees the corruptions an uninterrupted run would have drawn: the
+    corruption's generator state travels in the checkpoint."""
+    from ppl_vae.corruptions import PixelDropout
+
+    x = _data()
+    dae = {"guide": "delta", "prior": "flat"}
+    init = {k: v.clone() for k, v in _model(**dae).state_dict().items()}
+
+    straight = _model(**dae)
+    straight.load_state_dict(init)
+    fit(
+        straight,
+        x,
+        _cfg(epochs=3),
+        corruption=PixelDropout(0.5, seed=3),
+        checkpoint_path=tmp_path / "a.pt",
+        progress=False,
+    )
+    part = _model(**dae)
+    part.load_state_dict(init)
+    fit(
+        part,
+        x,
+        _cfg(epochs=1),
+        corruption=PixelDropout(0.5, seed=3),
+        checkpoint_path=tmp_path / "b.pt",
+        progress=False,
+    )
+    assert load_checkpoint(tmp_path / "b.pt")["corruption_state"]  # the generator was saved
+    resumed = _model(**dae)
+    fit(
+        resumed,
+        x,
+        _cfg(epochs=3),
+        corruption=PixelDropout(0.5, seed=3),  # a new process: a fresh corruption object
+        checkpoint_path=tmp_path / "b.pt",
+        resume=True,
+        progress=False,
+    )
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+
+
+def test_corruption_state_round_trip():
+    from ppl_vae.corruptions import PixelDropout
+
+    x = torch.rand(4, *IMG)
+    a = PixelDropout(0.5, seed=1)
+    a(x)
+    saved = a.get_state()
+    expected = a(x)
+    b = PixelDropout(0.5, seed=1)
+    b.set_state(saved)
+    torch.testing.assert_close(b(x), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="without a seed"):
+        PixelDropout(0.5).set_state(saved)
+
+
+def test_one_likelihood_cannot_serve_images_of_two_ranks():
+    from ppl_vae.likelihoods import Bernoulli
+    from ppl_vae.model import VAE
+    from ppl_vae.nets import make_networks
+    from ppl_vae.priors import Normal
+
+    lik = Bernoulli()
+    enc, dec = make_networks("mlp", (1, 8, 8), 2, 4, (1, 8, 8), hidden=(8,))
+    VAE(enc, dec, Normal(2), lik, (1, 8, 8))
+    VAE(enc, dec, Normal(2), lik, (1, 8, 8))  # same rank: sharing is harmless
+    enc, dec = make_networks("mlp", (64,), 2, 4, (64,), hidden=(8,))
+    with pytest.raises(ValueError, match="its own likelihood"):
+        VAE(enc, dec, Normal(2), lik, (64,))
+
+
 def test_resume_matches_uninterrupted_training(tmp_path):
     x = _data()
     init = {k: v.clone() for k, v in _model().state_dict().items()}
@@ -288,6 +362,33 @@ def test_cuda_training_epoch():  # pragma: no cover - runs only on a GPU machine
     model = _model()
     hist = fit(model, x, _cfg(epochs=1, device="cuda"), test_x=x, progress=False)
     assert next(model.parameters()).is_cuda and math.isfinite(hist.test_elbo[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("objective", ["trace", "jit-trace"])
+def test_cuda_resume_matches_uninterrupted_training(tmp_path, objective):  # pragma: no cover
+    """On a GPU z's noise comes from the CUDA generator: its state is checkpointed too."""
+    x = _data()
+    init = {k: v.clone() for k, v in _model().state_dict().items()}
+    cfg = {"device": "cuda", "objective": objective}
+    straight = _model()
+    straight.load_state_dict(init)
+    fit(straight, x, _cfg(epochs=3, **cfg), checkpoint_path=tmp_path / "a.pt", progress=False)
+    part = _model()
+    part.load_state_dict(init)
+    fit(part, x, _cfg(epochs=1, **cfg), checkpoint_path=tmp_path / "b.pt", progress=False)
+    torch.cuda.manual_seed(99)  # a new process would start from another CUDA RNG state
+    resumed = _model()
+    fit(
+        resumed,
+        x,
+        _cfg(epochs=3, **cfg),
+        checkpoint_path=tmp_path / "b.pt",
+        resume=True,
+        progress=False,
+    )
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
 
 
 def test_nan_parameters_after_finite_losses_are_never_checkpointed(tmp_path):
