@@ -96,6 +96,7 @@ def run_one(
             lr=lr,
             seed=args.seed + i,
             device=args.device,
+            objective="trace",  # the objective of the committed results
         )
         history = fit(ae, train_x, cfg, progress=False)
         angle = float(principal_angles(decoder_basis(ae), pca.components).max())

@@ -20,7 +20,7 @@ from .evaluate import (
     reconstruction_error,
 )
 from .model import GUIDES, VAE, ModelConfig, NormalGuide, PointMassGuide, build_model
-from .train import History, Objective, TrainConfig, fit, make_elbo
+from .train import History, Objective, TrainConfig, fit, make_elbo, resolve_objective
 
 __all__ = [
     "GUIDES",
@@ -52,5 +52,6 @@ __all__ = [
     "pca",
     "priors",
     "reconstruction_error",
+    "resolve_objective",
     "save_checkpoint",
 ]

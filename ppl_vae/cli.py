@@ -45,7 +45,7 @@ from .likelihoods import LIKELIHOODS, make_likelihood
 from .model import GUIDES, ModelConfig, build_model
 from .nets import NETS
 from .priors import PRIORS, Flat, make_prior
-from .train import Objective, TrainConfig, fit, resolve_device
+from .train import Objective, TrainConfig, fit, resolve_device, resolve_objective
 
 #: Named model families: the same machinery with different parts (see ppl_vae.model).
 #: ``corruption`` is the default ``--corruption`` (what the guide's encoder sees in training).
@@ -112,7 +112,12 @@ def _add_run_options(t: argparse.ArgumentParser, compare: bool = False) -> None:
     t.add_argument("--epochs", type=int, default=3 if compare else tc.epochs)
     t.add_argument("--batch-size", type=int, default=tc.batch_size)
     t.add_argument("--lr", type=float, default=tc.lr)
-    t.add_argument("--objective", choices=[o.value for o in Objective], default=tc.objective)
+    t.add_argument(
+        "--objective",
+        choices=[o.value for o in Objective],
+        default=tc.objective,
+        help="auto: JitTrace_ELBO for the library's own models on CPU, else Trace_ELBO",
+    )
     t.add_argument("--particles", type=int, default=tc.num_particles)
     t.add_argument("--beta", type=float, default=tc.beta, help="KL weight (beta-VAE)")
     t.add_argument("--warmup-epochs", type=float, default=tc.warmup_epochs, help="KL warm-up")
@@ -418,11 +423,13 @@ def _train_run(args: argparse.Namespace, data: ImageData | None = None) -> dict[
         data = data.subset(args.train_size or None, args.test_size or None)  # 0 = all
     model = build_model(mc, data.image_shape)
     n_params = sum(p.numel() for p in model.parameters())
+    objective = resolve_objective(tc.objective, model, device).value
     print(
         f"model: {mc.net} encoder/decoder, latent {mc.latent_dim}, prior {mc.prior}, "
         f"likelihood {mc.likelihood}, guide {mc.guide}"
         + (f", corruption {train_spec}" if train_spec else "")
-        + f"; {n_params:,} parameters"
+        + f"; {n_params:,} parameters; objective {objective}"
+        + (" (auto)" if tc.objective == "auto" else "")
     )
     _write_json(out / "config.json", {**run_config, "train": asdict(tc)})
     # The corruption's own generator is seeded, so a fresh run is reproducible; on --resume fit
@@ -457,6 +464,7 @@ def _train_run(args: argparse.Namespace, data: ImageData | None = None) -> dict[
             "model_family": args.model,
             "corruption": train_spec,
             "num_parameters": n_params,
+            "objective": objective,
             "epochs": len(history.epoch),
             "train_seconds_this_invocation": train_seconds,
             "device": str(device),

@@ -126,7 +126,7 @@ def test_hand_written_loss_is_pyros_loss(net):
         pyro.set_rng_seed(11)
         ref = elbo_cls(max_plate_nesting=1).differentiable_loss(model.model, model.guide, x)
         hand = HandWrittenVAE(twin, x, batch_size=32, lr=1e-3, analytic_kl=analytic, seed=11)
-        assert float(hand.loss(x)) == pytest.approx(float(ref), rel=1e-5)
+        assert float(hand.loss(x).detach()) == pytest.approx(float(ref), rel=1e-5)
 
 
 def test_multi_tensor_adam_matches_pyro_adam():
@@ -240,7 +240,7 @@ def test_benchmark_script_smoke(mnist, tmp_path):
         "--nets",
         "mlp,conv",
         "--objectives",
-        "jit-meanfield,trace",
+        "auto,jit-meanfield,trace",
         "--train-size",
         "256",
         "--test-size",
@@ -266,11 +266,14 @@ def test_benchmark_script_smoke(mnist, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
     rows = results["training"]
-    assert [(r["net"], r["objective"]) for r in rows] == [
-        ("mlp", "jit-meanfield"),
-        ("mlp", "trace"),
-        ("conv", "jit-meanfield"),
-        ("conv", "trace"),
+    assert [(r["net"], r["objective"], r["resolved_objective"]) for r in rows] == [
+        (net, objective, resolved)
+        for net in ("mlp", "conv")
+        for objective, resolved in (
+            ("auto", "jit-trace"),  # the default: compiled Trace_ELBO on CPU
+            ("jit-meanfield", "jit-meanfield"),
+            ("trace", "trace"),
+        )
     ]
     for r in rows:
         assert r["ratio"] > 0 and len(r["epoch_ratios"]) == 1
@@ -292,6 +295,7 @@ def test_benchmark_script_smoke(mnist, tmp_path):
     assert all(r["images"] == 20 and r["peak_mib"] > 0 for r in results["log_likelihood"])
     assert results["environment"]["torch_threads"] == 1
     assert "| mlp | jit-meanfield |" in markdown_table(results)
+    assert "| mlp | auto → jit-trace |" in markdown_table(results)
     assert "ratio" in proc.stdout
 
 

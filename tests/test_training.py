@@ -21,7 +21,7 @@ from ppl_vae import (
     load_checkpoint,
 )
 from ppl_vae.evaluate import elbo
-from ppl_vae.train import make_elbo, resolve_device
+from ppl_vae.train import Objective, make_elbo, resolve_device, resolve_objective
 
 IMG = (1, 8, 8)
 
@@ -76,6 +76,58 @@ def test_jit_loss_equals_plain_loss_on_same_noise():
         )
     assert losses["jit-trace"] == pytest.approx(losses["trace"], rel=1e-5)
     assert losses["jit-meanfield"] == pytest.approx(losses["meanfield"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        {},
+        {"net": "conv"},
+        {"prior": "mixture", "likelihood": "gaussian-learned"},
+        {"guide": "delta", "prior": "flat"},
+    ],
+)
+def test_auto_objective_is_compiled_trace_elbo_for_library_models(parts):
+    """``auto`` (the default) trains the library's models with JitTrace_ELBO on CPU: the same
+    objective as Trace_ELBO, so from the same seed the same epoch losses (up to rounding)."""
+    model = _model(**parts)
+    assert resolve_objective("auto", model, "cpu") is Objective.JIT_TRACE
+    assert resolve_objective("auto", model, "cuda") is Objective.TRACE  # not measured there yet
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    x = _data()
+    losses = {}
+    for objective in ("auto", "trace"):
+        model.load_state_dict(init)
+        losses[objective] = fit(model, x, _cfg(objective=objective), progress=False).train_loss
+    assert losses["auto"] == pytest.approx(losses["trace"], rel=1e-4)
+
+
+def test_auto_objective_runs_user_code_in_plain_python():
+    """A graph replays what the code did while traced: exact for the library's parts, unknown
+    for a user's, so any user code in the model keeps ``auto`` on the plain path."""
+    import pyro.distributions as dist
+
+    from ppl_vae.likelihoods import Independent
+
+    class Doubling(torch.nn.Module):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return 2 * t if t.sum() > 0 else t  # value-dependent: a trace would freeze a branch
+
+    model = _model()
+    model.likelihood = Independent(dist.Normal, loc=lambda t: t.sigmoid(), scale=0.1)
+    assert resolve_objective("auto", model) is Objective.TRACE
+    model = _model()
+    model.likelihood = Independent(dist.Normal, loc=torch.sigmoid, scale=0.1)  # torch's own
+    assert resolve_objective("auto", model) is Objective.JIT_TRACE
+    model.encoder = torch.nn.Sequential(model.encoder, Doubling())
+    assert resolve_objective("auto", model) is Objective.TRACE
+    model = _model()
+    model.model = lambda *a, **k: None  # a replaced program
+    assert resolve_objective("auto", model) is Objective.TRACE
+    for name in ("trace", "meanfield", "jit-trace", "jit-meanfield"):
+        assert resolve_objective(name, model) is Objective(name)  # named ones are kept
+    with pytest.raises(ValueError, match="resolve_objective"):
+        make_elbo("auto")
 
 
 def test_beta_and_warmup_change_the_objective_not_the_evaluation():
