@@ -161,37 +161,24 @@ def test_dae_resume_continues_the_corruption_draws(tmp_path):
     dae = {"guide": "delta", "prior": "flat"}
     init = {k: v.clone() for k, v in _model(**dae).state_dict().items()}
 
-    straight = _model(**dae)
-    straight.load_state_dict(init)
-    fit(
-        straight,
-        x,
-        _cfg(epochs=3),
-        corruption=PixelDropout(0.5, seed=3),
-        checkpoint_path=tmp_path / "a.pt",
-        progress=False,
-    )
-    part = _model(**dae)
-    part.load_state_dict(init)
-    fit(
-        part,
-        x,
-        _cfg(epochs=1),
-        corruption=PixelDropout(0.5, seed=3),
-        checkpoint_path=tmp_path / "b.pt",
-        progress=False,
-    )
+    def train(epochs: int, path: str, resume: bool = False):
+        model = _model(**dae)
+        model.load_state_dict(init)
+        fit(
+            model,
+            x,
+            _cfg(epochs=epochs),
+            corruption=PixelDropout(0.5, seed=3),  # each call: a fresh object, as a new process
+            checkpoint_path=tmp_path / path,
+            resume=resume,
+            progress=False,
+        )
+        return model
+
+    straight = train(3, "a.pt")
+    train(1, "b.pt")
     assert load_checkpoint(tmp_path / "b.pt")["corruption_state"]  # the generator was saved
-    resumed = _model(**dae)
-    fit(
-        resumed,
-        x,
-        _cfg(epochs=3),
-        corruption=PixelDropout(0.5, seed=3),  # a new process: a fresh corruption object
-        checkpoint_path=tmp_path / "b.pt",
-        resume=True,
-        progress=False,
-    )
+    resumed = train(3, "b.pt", resume=True)
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
 
