@@ -433,7 +433,8 @@ def _train_run(args: argparse.Namespace, data: ImageData | None = None) -> dict[
     )
     _write_json(out / "config.json", {**run_config, "train": asdict(tc)})
     # The corruption's own generator is seeded, so a fresh run is reproducible; on --resume fit
-    # continues it from the state saved in the checkpoint.
+    # continues it from the state saved in the checkpoint (checkpoints written before ppl_vae
+    # saved it, or on another kind of device, restart it from the seed).
     corruption = make_corruption(train_spec, seed=tc.seed) if train_spec else None
     t0 = time.perf_counter()
     history = fit(

@@ -311,6 +311,19 @@ class Compose(Corruption):
         for c in self.corruptions:
             c.reset()
 
+    def get_state(self) -> dict[str, torch.Tensor]:
+        """This object's generators and each part's (keys ``"part{i}|{device}"``)."""
+        state = super().get_state()
+        for i, c in enumerate(self.corruptions):
+            state.update({f"part{i}|{dev}": s for dev, s in c.get_state().items()})
+        return state
+
+    def set_state(self, state: dict[str, torch.Tensor]) -> None:
+        super().set_state({k: v for k, v in state.items() if "|" not in k})
+        for i, c in enumerate(self.corruptions):
+            prefix = f"part{i}|"
+            c.set_state({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+
     def __repr__(self) -> str:
         inner = ", ".join(map(repr, self.corruptions))
         seed = f", seed={self.seed}" if self.seed is not None else ""

@@ -201,21 +201,45 @@ def resolve_objective(
 
 
 _LIBRARY_MODULES = (f"{__package__}.", "torch.", "pyro.")
+#: torch layers whose forward is a fixed function of inputs and parameters (no running buffers
+#: such as BatchNorm's, no train/eval switch such as Dropout's): safe to replay from a graph.
+_STATELESS_TORCH_LAYERS = (
+    "torch.nn.modules.linear",
+    "torch.nn.modules.conv",
+    "torch.nn.modules.activation",
+    "torch.nn.modules.flatten",
+    "torch.nn.modules.container",
+)
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_GLOBAL_HOOKS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
 
 
 def _library_part(part: object) -> bool:
-    """Library code through and through: the part (and, for a module, each of its sub-modules)
-    is a class of this library or of torch, holding only library, torch or Pyro functions."""
-    pieces = list(part.modules()) if isinstance(part, nn.Module) else [part]
-    if not type(part).__module__.startswith(f"{__package__}.") and not isinstance(part, nn.Module):
-        return False
-    for piece in pieces:
-        if not _library_code(type(piece)):
+    """Library code through and through: the part — and, for a module, each of its sub-modules —
+    is a class of this library or a stateless torch layer, with no hooks, holding only library,
+    torch or Pyro functions (or modules that pass the same test)."""
+    if not isinstance(part, nn.Module):
+        return type(part).__module__.startswith(f"{__package__}.")
+    if any(getattr(nn.modules.module, name, None) for name in _GLOBAL_HOOKS):
+        return False  # hooks registered for every module run only while a graph is traced
+    for piece in part.modules():
+        cls = type(piece).__module__
+        if not (cls.startswith(f"{__package__}.") or cls in _STATELESS_TORCH_LAYERS):
+            return False
+        if any(getattr(piece, name, None) for name in _HOOKS):
             return False
         held = [v for v in vars(piece).values() if callable(v) and not isinstance(v, nn.Module)]
         held += [v for v in getattr(piece, "_params", {}).values() if callable(v)]
-        if not all(_library_code(f) for f in held):
-            return False
+        for f in held:
+            if isinstance(f, nn.Module) and not _library_part(f):
+                return False
+            if not isinstance(f, nn.Module) and not _library_code(f):
+                return False
     return True
 
 
@@ -496,12 +520,9 @@ def fit(
         optim.set_state(ckpt["optim_state"])
         history = History.from_dict(ckpt["history"])
         start_epoch = int(ckpt["epoch"])
-        gen.set_state(ckpt["generator_state"].to(gen.get_state().device))
         torch.set_rng_state(ckpt["torch_rng_state"].cpu())  # map_location may have moved it
-        if device.type == "cuda" and ckpt.get("cuda_rng_state") is not None:
-            torch.cuda.set_rng_state(ckpt["cuda_rng_state"].cpu(), device)
-        if ckpt.get("corruption_state") and hasattr(corruption, "set_state"):
-            corruption.set_state(ckpt["corruption_state"])
+        _restore_device_rng(ckpt, gen, corruption, device, checkpoint_path)
+        _warn_if_objective_changed(ckpt, config, objective, checkpoint_path)
 
     n = train_x.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)
@@ -582,7 +603,10 @@ def fit(
                     "optim_state": optim.get_state(),
                     "history": history.to_dict(),
                     "epoch": epoch + 1,
-                    "config": {"train": asdict(config), **(extra_state or {})},
+                    "config": {
+                        "train": {**asdict(config), "resolved_objective": objective.value},
+                        **(extra_state or {}),
+                    },
                     "generator_state": gen.get_state().cpu(),
                     "torch_rng_state": torch.get_rng_state(),
                     # the noise of z ~ q on a GPU, and the DAE's corruption draws
@@ -597,6 +621,55 @@ def fit(
         for cb in callbacks:
             cb(epoch + 1, history, model)
     return history
+
+
+def _restore_device_rng(
+    ckpt: dict[str, Any],
+    gen: torch.Generator,
+    corruption: Callable[[torch.Tensor], torch.Tensor] | None,
+    device: torch.device,
+    checkpoint_path: str | Path,
+) -> None:
+    """Continue the batch order, the GPU noise and the corruption draws where the checkpoint
+    left them. A generator's state only fits a generator of the same device type: resumed on
+    another kind of device they restart (from ``seed``), with a warning — the run goes on, but
+    is no longer the one an uninterrupted run would have been."""
+    restarted = []
+    try:
+        gen.set_state(ckpt["generator_state"].to(gen.get_state().device))
+    except RuntimeError:
+        restarted.append("the batch order")
+    if device.type == "cuda" and ckpt.get("cuda_rng_state") is not None:
+        torch.cuda.set_rng_state(ckpt["cuda_rng_state"].cpu(), device)
+    saved = ckpt.get("corruption_state") or {}
+    if saved and hasattr(corruption, "set_state"):
+        here = {
+            k: v for k, v in saved.items() if torch.device(k.rsplit("|", 1)[-1]).type == device.type
+        }
+        corruption.set_state(here)
+        if len(here) < len(saved):
+            restarted.append("the corruption draws")
+    if restarted:
+        warnings.warn(
+            f"{checkpoint_path} was written on another kind of device: {' and '.join(restarted)} "
+            "restart from the seed, so this run will differ from an uninterrupted one",
+            stacklevel=3,
+        )
+
+
+def _warn_if_objective_changed(
+    ckpt: dict[str, Any], config: TrainConfig, objective: Objective, checkpoint_path: str | Path
+) -> None:
+    """Resuming with another estimator than the one that wrote the checkpoint is allowed (the
+    compiled and plain ELBOs are the same objective) but is not bit-identical: say so."""
+    saved = ckpt.get("config", {}).get("train", {})
+    before = saved.get("resolved_objective", saved.get("objective"))
+    if before is not None and before not in (objective.value, Objective.AUTO.value):
+        warnings.warn(
+            f"{checkpoint_path} was trained with objective {before!r}; continuing with "
+            f"{objective.value!r} (pass objective={before!r} to continue exactly)",
+            stacklevel=3,
+        )
 
 
 def _kept(checkpoint_path: str | Path | None, epoch: int) -> str:

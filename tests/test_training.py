@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import warnings
 
 import pyro
 import pytest
@@ -20,6 +21,7 @@ from ppl_vae import (
     fit,
     load_checkpoint,
 )
+from ppl_vae import train as train_module
 from ppl_vae.evaluate import elbo
 from ppl_vae.train import Objective, make_elbo, resolve_device, resolve_objective
 
@@ -95,11 +97,58 @@ def test_auto_objective_is_compiled_trace_elbo_for_library_models(parts):
     assert resolve_objective("auto", model, "cuda") is Objective.TRACE  # not measured there yet
     init = {k: v.clone() for k, v in model.state_dict().items()}
     x = _data()
-    losses = {}
+    losses, used = {}, []
+    real_make_elbo = train_module.make_elbo
+
+    def spy(objective, *args):
+        used.append(Objective(objective))
+        return real_make_elbo(objective, *args)
+
     for objective in ("auto", "trace"):
         model.load_state_dict(init)
-        losses[objective] = fit(model, x, _cfg(objective=objective), progress=False).train_loss
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(train_module, "make_elbo", spy)
+            losses[objective] = fit(model, x, _cfg(objective=objective), progress=False).train_loss
+    assert used == [Objective.JIT_TRACE, Objective.TRACE]  # auto really ran the compiled ELBO
     assert losses["auto"] == pytest.approx(losses["trace"], rel=1e-4)
+
+
+PRIORS = ["normal", "laplace", "student-t", "mixture"]
+LIKELIHOODS = ["bernoulli", "continuous-bernoulli", "gaussian", "gaussian-learned", "laplace"]
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [{"prior": p} for p in PRIORS]
+    + [{"likelihood": lik} for lik in LIKELIHOODS[1:]]
+    + [{"guide": "delta", "prior": "laplace"}, {"guide": "delta", "prior": "flat"}],
+    ids=lambda d: "-".join(d.values()),
+)
+@pytest.mark.parametrize("particles", [1, 3])
+def test_compiled_trace_elbo_equals_plain_for_every_library_part(parts, particles):
+    """What ``auto`` relies on: for each built-in prior, likelihood and guide, JitTrace_ELBO gives
+    Trace_ELBO's loss and gradients on the same noise — with a changing β tensor, several
+    particles and a short last batch (its own graph)."""
+    model = _model(**parts)
+    assert resolve_objective("auto", model) is Objective.JIT_TRACE
+    x = _data(40)
+    fast = make_elbo("jit-trace", particles)
+    plain = make_elbo("trace", particles)
+    for step, (xb, beta) in enumerate([(x[:16], 0.3), (x[16:32], 0.7), (x[32:], 1.0)]):
+        results = []
+        for loss_fn in (fast, plain):
+            pyro.set_rng_seed(step)
+            model.zero_grad(set_to_none=True)
+            args = (xb, xb, torch.tensor(beta))
+            loss = loss_fn.differentiable_loss(
+                model.model, model.guide, *args, num_data=40, batch_size=len(xb)
+            )
+            loss.backward()
+            results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+        (loss_f, grads_f), (loss_p, grads_p) = results
+        torch.testing.assert_close(loss_f, loss_p, rtol=1e-5, atol=1e-4)
+        for g, ref in zip(grads_f, grads_p):
+            torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_auto_objective_runs_user_code_in_plain_python():
@@ -122,6 +171,18 @@ def test_auto_objective_runs_user_code_in_plain_python():
     model.encoder = torch.nn.Sequential(model.encoder, Doubling())
     assert resolve_objective("auto", model) is Objective.TRACE
     model = _model()
+    model.encoder = torch.nn.Sequential(model.encoder, torch.nn.Identity())  # torch's layers
+    assert resolve_objective("auto", model) is Objective.JIT_TRACE
+    model.encoder = torch.nn.Sequential(model.encoder, torch.nn.BatchNorm1d(4))  # running stats
+    assert resolve_objective("auto", model) is Objective.TRACE
+    model = _model()
+    hook = model.decoder.register_forward_hook(lambda *a: None)  # would run only while tracing
+    assert resolve_objective("auto", model) is Objective.TRACE
+    hook.remove()
+    hook = torch.nn.modules.module.register_module_forward_hook(lambda *a: None)
+    assert resolve_objective("auto", model) is Objective.TRACE
+    hook.remove()
+    assert resolve_objective("auto", model) is Objective.JIT_TRACE
     model.model = lambda *a, **k: None  # a replaced program
     assert resolve_objective("auto", model) is Objective.TRACE
     for name in ("trace", "meanfield", "jit-trace", "jit-meanfield"):
@@ -211,6 +272,57 @@ def test_one_likelihood_cannot_serve_images_of_two_ranks():
     enc, dec = make_networks("mlp", (64,), 2, 4, (64,), hidden=(8,))
     with pytest.raises(ValueError, match="its own likelihood"):
         VAE(enc, dec, Normal(2), lik, (64,))
+
+
+def test_compose_saves_and_restores_its_parts_generators():
+    from ppl_vae.corruptions import Compose, GaussianNoise, PixelDropout
+
+    def chain():
+        return Compose([PixelDropout(0.5, seed=1), GaussianNoise(0.3, seed=2)])
+
+    x = torch.rand(4, *IMG)
+    a = chain()
+    a(x)
+    saved = a.get_state()
+    assert set(saved) == {"part0|cpu", "part1|cpu"}
+    expected = a(x)
+    b = chain()
+    b.set_state(saved)
+    torch.testing.assert_close(b(x), expected, rtol=0, atol=0)
+
+
+def test_resume_on_another_kind_of_device_warns_and_goes_on(tmp_path):
+    """A generator state only fits a generator of its device type: a checkpoint from a GPU run
+    resumed on a CPU restarts the batch order and corruption draws, and says so."""
+    from ppl_vae.checkpoint import save_checkpoint
+    from ppl_vae.corruptions import PixelDropout
+
+    x = _data()
+    path = tmp_path / "ck.pt"
+    dae = {"guide": "delta", "prior": "flat"}
+    fit(_model(**dae), x, _cfg(epochs=1), corruption=PixelDropout(0.5, seed=3),
+        checkpoint_path=path, progress=False)  # fmt: skip
+    ckpt = load_checkpoint(path)
+    ckpt["generator_state"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state
+    ckpt["corruption_state"] = {"cuda:0": torch.zeros(16, dtype=torch.uint8)}
+    save_checkpoint(path, {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    with pytest.warns(UserWarning, match="batch order and the corruption draws restart"):
+        hist = fit(_model(**dae), x, _cfg(epochs=2), corruption=PixelDropout(0.5, seed=3),
+                   checkpoint_path=path, resume=True, progress=False)  # fmt: skip
+    assert hist.epoch == [1, 2]
+
+
+def test_resume_with_another_estimator_warns(tmp_path):
+    x = _data()
+    path = tmp_path / "ck.pt"
+    fit(_model(), x, _cfg(epochs=1, objective="trace"), checkpoint_path=path, progress=False)
+    assert load_checkpoint(path)["config"]["train"]["resolved_objective"] == "trace"
+    with pytest.warns(UserWarning, match="trained with objective 'trace'; continuing with"):
+        fit(_model(), x, _cfg(epochs=2), checkpoint_path=path, resume=True, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same estimator: nothing to say
+        fit(_model(), x, _cfg(epochs=3, objective="jit-trace"), checkpoint_path=path,
+            resume=True, progress=False)  # fmt: skip
 
 
 def test_resume_matches_uninterrupted_training(tmp_path):
