@@ -34,7 +34,7 @@ experiments: $(STAMP)
 	$(BIN)/python experiments/run_all.py
 
 benchmark: $(STAMP)
-	$(BIN)/python experiments/benchmark.py
+	$(BIN)/python benchmarks/benchmark.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -14,68 +14,70 @@ from __future__ import annotations
 import itertools
 
 import matplotlib.pyplot as plt
+import torch
 from common import (
     AE_BUDGETS,
     CONV_AE,
     DPI,
+    Clipped,
     Results,
-    batched,
     budget,
     budget_dict,
     conv_ae,
+    first_of_class,
     load_mnist,
-    mse_per_image,
     parse_args,
-    save_rows,
 )
 
+from ppl_vae import reconstruction_error
 from ppl_vae.pca import PCA
+from ppl_vae.plots import save_image_rows
 
 SIZES = (2, 4, 8, 16, 32)
 #: Test digits shown in the figure (one of each class among the first test images).
 N_SHOW = 10
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Fit PCA and train the AE at every size; write the grid, the curve and the MSE table."""
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__, number=1, argv=argv)
     b = budget(args, AE_BUDGETS)
     data = load_mnist(args, b)
-    res = Results(args, 1, "ae_vs_pca", "AE vs PCA at latent sizes 2-32")
+    res = Results(args, "ae_vs_pca", "AE vs PCA at latent sizes 2-32")
     res.settings = {
         "budget": budget_dict(b),
         "ae": f"conv AE ({CONV_AE['channels']}/{2 * CONV_AE['channels']} channels, "
         f"{CONV_AE['hidden']} hidden), point-mass guide, flat prior, Gaussian likelihood "
         f"c = {CONV_AE['variance']} with sigmoid mean (MSE loss); SVI Trace_ELBO, Adam lr "
         f"{CONV_AE['lr']}",
-        "pca": "ppl_vae.pca.PCA fitted on the same training images",
+        "pca": "ppl_vae.pca.PCA fitted on the same training images; its reconstructions "
+        "clipped to [0, 1], the images' range",
         "latent_sizes": list(SIZES),
     }
     # One test digit per class, so the grid shows all ten.
-    idx = [int((data.test_y == c).nonzero()[0]) for c in range(10) if (data.test_y == c).any()]
-    x_show = data.test_x[idx[:N_SHOW]]
+    x_show = data.test_x[first_of_class(data.test_y)[:N_SHOW]]
     rows, labels, table = [x_show], ["original"], []
     ae_mse, pca_mse = [], []
     for k in SIZES:
         ae, info = conv_ae(args, data, b, k)
         pca = PCA(k).fit(data.train_x)
-        m_ae = float(mse_per_image(data.test_x, batched(ae.reconstruct, data.test_x)).mean())
-        m_pca = float(
-            mse_per_image(data.test_x, batched(pca.reconstruct, data.test_x).clamp(0, 1)).mean()
-        )
+        m_ae = reconstruction_error(ae, data.test_x)
+        m_pca = reconstruction_error(Clipped(pca), data.test_x)
         ae_mse.append(m_ae)
         pca_mse.append(m_pca)
-        rows += [ae.reconstruct(x_show).detach(), pca.reconstruct(x_show).clamp(0, 1)]
+        with torch.no_grad():
+            rows += [ae.reconstruct(x_show), Clipped(pca).reconstruct(x_show)]
         labels += [f"AE, k={k}", f"PCA, k={k}"]
         table.append([k, m_ae, m_pca, m_pca / m_ae, info["train_seconds"]])
         res.metrics[f"k{k}"] = {"ae_test_mse": m_ae, "pca_test_mse": m_pca, **info}
 
-    save_rows(
+    save_image_rows(
         rows,
         labels,
         res.path("reconstructions.png"),
         "Test digits reconstructed by the conv AE and by PCA, k = latent size",
         label_width=1.3,
+        dpi=DPI,
     )
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     ax.plot(SIZES, ae_mse, "o-", label="conv AE")
@@ -87,9 +89,7 @@ def main() -> None:
     ax.set_title("Reconstruction error on MNIST test digits")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(res.path("mse_vs_size.png"), dpi=DPI)
-    plt.close(fig)
+    res.savefig(fig, "mse_vs_size.png")
 
     small = [k for k, a, p in zip(SIZES, ae_mse, pca_mse) if k <= 8]
     ae_wins_small = all(a < p for k, a, p in zip(SIZES, ae_mse, pca_mse) if k <= 8)

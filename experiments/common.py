@@ -1,20 +1,27 @@
-"""Shared helpers for the experiment scripts: arguments, budgets, a model cache, figures, results.
+"""Experiment plumbing: arguments and budgets, a trained-model cache, the ``Results`` record.
 
-Every script in ``experiments/`` follows the same shape::
+Every numbered script in ``experiments/`` has the same shape::
 
-    args = parse_args("what it does", number=7)          # --full / --tiny / --out / --device ...
-    b = budget(args, BUDGETS)                             # data and epochs of the mode
-    data = load_mnist(args, b)
-    model, info = mnist_model(args, data, b, "vae-z2", ModelConfig(latent_dim=2))
-    res = Results(args, number=7, name="vae_samples", title="...")
-    res.figure("samples.png", caption="...", verdict="...", agrees=True)
-    res.table("Test ELBO per latent size", ["latent", "ELBO"], rows)
-    res.save()                                            # <out>/<mode>/<name>/metrics.json
+    def main(argv=None):
+        args = parse_args(__doc__, number=7, argv=argv)    # --tiny/--full, --out, --cache ...
+        b = budget(args, VAE_BUDGETS)                      # data and epochs of the mode
+        data = load_mnist(args, b)
+        model, info = mnist_model(args, data, b, "vae-z2", vae_config(2), **VAE_TRAIN)
+        res = Results(args, "vae_samples", "VAE samples at latent sizes 2, 5, 10, 20")
+        ...                                                # numbers and figures: ppl_vae calls
+        res.figure("samples.png", caption="...", verdict="...", agrees=True)
+        res.table("Test ELBO per latent size", ["latent", "ELBO"], rows)
+        res.save()                                         # <out>/<mode>/<name>/metrics.json
 
-``experiments/report.py`` turns all ``metrics.json`` files under ``<out>`` into ``REPORT.md``.
-Trained models are cached (keyed by everything that determines them) under ``--cache`` so
-experiments that share a model — the size-32 conv AE of experiments 1, 2 and 3, the VAEs of 7 and 8
-— train it once per mode. Only the public API of :mod:`ppl_vae` is used here.
+``experiments/report.py`` turns every ``metrics.json`` under ``<out>`` into ``REPORT.md``. Trained
+models are cached (keyed by everything that determines them) under ``--cache``, so experiments
+that share a model (the size-32 conv AE of experiments 1, 2 and 3, the VAEs of 7 and 8) train it
+once per mode.
+
+What a model scores (ELBO, log p(x), MSE, PSNR), corruptions, latent densities, PCA and image
+figures come from :mod:`ppl_vae`; this module only holds what the experiments share as
+experiments. Three helpers below stand in for library functions that do not exist yet
+(:func:`elbo_terms`, :class:`Clipped`, :func:`save_panels`); each says where it belongs.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import functools
 import hashlib
 import json
 import math
+import pickle
 import shlex
 import sys
 import time
@@ -44,6 +52,7 @@ from torch.nn import functional as F
 
 from ppl_vae import (
     VAE,
+    History,
     ImageData,
     ModelConfig,
     PointMassGuide,
@@ -54,14 +63,13 @@ from ppl_vae import (
     load_dataset,
     nets,
     priors,
+    resolve_device,
 )
-from ppl_vae.corruptions import make_corruption, psnr
-from ppl_vae.plots import image_grid, save_image_rows
-from ppl_vae.train import resolve_device
+from ppl_vae.corruptions import make_corruption
+from ppl_vae.plots import image_grid
 
 #: Figures are written at this resolution: legible in a browser, small in the repository.
 DPI = 100
-ROOT = Path(__file__).resolve().parent.parent
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,14 +87,25 @@ class Budget:
     batch_size: int = 128
 
 
-def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The options every experiment script shares.
+def parse_args(
+    doc: str,
+    number: int,
+    argv: Sequence[str] | None = None,
+    options: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
+    """The options every experiment script shares, plus the script's own (``options(parser)``).
 
-    ``--full`` is the long run (whole training set, more epochs, CUDA when present); the default
-    is the quick mode (a few minutes on 2 CPU cores); ``--tiny`` is the smoke-test budget used by
-    the test suite (seconds, numbers meaningless).
+    ``doc`` is the script's docstring (its first line is the description). The mode is quick
+    by default (a few minutes on 2 CPU cores), ``--full`` the long run (whole training set,
+    more epochs, CUDA when present) and ``--tiny`` the smoke-test budget of the test suite
+    (seconds, numbers meaningless). ``args.number`` is the experiment's number, ``args.mode``
+    its mode and ``args.argv`` the command line recorded in ``metrics.json``.
     """
-    p = argparse.ArgumentParser(description=description)
+    p = argparse.ArgumentParser(
+        description=doc.strip().splitlines()[0],
+        epilog="\n".join(doc.strip().splitlines()[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--full", action="store_true", help="long run: more data and epochs")
     mode.add_argument("--tiny", action="store_true", help="smoke-test budget (seconds)")
@@ -107,8 +126,11 @@ def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.
         help="CPU threads for torch (default 1: these small nets gain little from more, and "
         "on a shared machine extra threads mostly spin)",
     )
+    if options is not None:
+        options(p)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    args.number = number
     args.mode = "full" if args.full else "tiny" if args.tiny else "quick"
     args.device = str(resolve_device(args.device))
     if args.cache is None:
@@ -152,8 +174,13 @@ def train_config(args: argparse.Namespace, b: Budget, **overrides: Any) -> Train
     return replace(cfg, **overrides)
 
 
+def first_of_class(labels: torch.Tensor, classes: Sequence[int] = range(10)) -> list[int]:
+    """Index of the first image of each class in ``classes`` that occurs in ``labels``."""
+    return [int((labels == c).nonzero()[0]) for c in classes if (labels == c).any()]
+
+
 # --------------------------------------------------------------------------------------------
-# Model cache
+# Model cache and the models the experiments share
 # --------------------------------------------------------------------------------------------
 
 
@@ -170,13 +197,16 @@ def trained_model(
     config: TrainConfig,
     *,
     corruption: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    init_seed: int | None = None,
 ) -> tuple[VAE, dict[str, Any]]:
-    """Train ``build()`` on ``train_x`` with ``config`` — or load it from the cache.
+    """Train ``build()`` on ``train_x`` with ``config``, or load it from the cache.
 
     ``spec`` must describe everything about the model and its corruption that ``build`` and
     ``corruption`` do not show in their repr (the cache key is ``name``, ``spec``, the train
-    config and the data's shape and checksum). Returns the model in eval mode and
-    ``{"train_seconds", "cached", "train_loss"}``.
+    config, ``init_seed`` and the data's shape and checksum). With ``init_seed`` torch's RNG is
+    seeded right before ``build()``, so the initial weights do not depend on what ran before
+    (without it they do: see the README of the experiments). Returns the model in eval mode
+    and ``{"train_seconds", "cached", "train_loss"}``.
     """
     key = {
         "name": name,
@@ -184,19 +214,27 @@ def trained_model(
         "train": asdict(config),
         "data": [list(train_x.shape), round(float(train_x.double().sum()), 3)],
     }
+    if init_seed is not None:
+        key["init_seed"] = init_seed
+
+    def fresh() -> VAE:
+        if init_seed is not None:
+            torch.manual_seed(init_seed)
+        return build()
+
     path = Path(args.cache) / f"{name}-{_fingerprint(key)}.pt"
-    model = build()
+    model = fresh()
     if path.exists():
-        blob = torch.load(path, map_location="cpu", weights_only=False)
         try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(blob["state"])
-        except RuntimeError:  # the library's modules changed since: train afresh
-            model = build()
+        except (RuntimeError, KeyError, pickle.UnpicklingError):
+            model = fresh()  # the library's modules changed since: train afresh
         else:
             model.to(args.device).eval()
             return model, {**blob["info"], "cached": True}
     t0 = time.perf_counter()
-    history = fit(model, train_x, config, corruption=corruption, progress=False)
+    history: History = fit(model, train_x, config, corruption=corruption, progress=False)
     info = {
         "train_seconds": round(time.perf_counter() - t0, 1),
         "train_loss": history.train_loss[-1] if history.train_loss else None,
@@ -220,18 +258,23 @@ def mnist_model(
     *,
     corruption: Callable[[torch.Tensor], torch.Tensor] | None = None,
     corruption_spec: str | None = None,
+    init_seed: int | None = None,
     **train_overrides: Any,
 ) -> tuple[VAE, dict[str, Any]]:
-    """:func:`trained_model` for a registry-built model (:func:`ppl_vae.build_model`)."""
+    """:func:`trained_model` for a registry-built model (:func:`ppl_vae.build_model`), its
+    initial weights a function of ``init_seed`` (default: ``--seed``) alone, so a shared model is
+    the same whichever experiment trains it first."""
     spec = {"model": asdict(config), "corruption": corruption_spec}
+    init_seed = args.seed if init_seed is None else init_seed
     return trained_model(
         args,
         name,
         spec,
-        lambda: build_model(config, data.image_shape),
+        lambda: build_model(config, data.image_shape, seed=init_seed),
         data.train_x,
         train_config(args, b, **train_overrides),
         corruption=corruption,
+        init_seed=init_seed,
     )
 
 
@@ -246,14 +289,14 @@ VAE_BUDGETS = {
     "full": Budget(n_train=None, n_test=None, epochs=10),
     "tiny": Budget(n_train=512, n_test=256, epochs=1),
 }
+#: The VAEs are trained with the analytic-KL ELBO (lower variance than the Monte Carlo KL).
+VAE_TRAIN = {"objective": "meanfield"}
 #: Budgets of the conv AEs shared by experiments 1, 2 and 3.
 AE_BUDGETS = {
     "quick": Budget(n_train=5000, n_test=2000, epochs=3, batch_size=64),
     "full": Budget(n_train=None, n_test=None, epochs=10),
     "tiny": Budget(n_train=256, n_test=128, epochs=1, batch_size=64),
 }
-
-
 #: Budgets of the MNIST (denoising) AEs of experiments 5 and 6.
 DAE_BUDGETS = {
     "quick": Budget(n_train=12000, n_test=2000, epochs=5),
@@ -326,50 +369,6 @@ def conv_ae(
     )
 
 
-#: The VAEs are trained with the analytic-KL ELBO (lower variance than the Monte Carlo KL).
-VAE_TRAIN = {"objective": "meanfield"}
-
-
-# --------------------------------------------------------------------------------------------
-# Metrics
-# --------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int = 500):
-    """``fn`` applied to ``x`` in chunks, concatenated (bounded memory)."""
-    return torch.cat([fn(xb) for xb in x.split(size)])
-
-
-def mse_per_image(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    """Mean squared error per pixel, one value per image: shape ``(N,)``."""
-    return ((x - x_hat) ** 2).flatten(1).mean(1)
-
-
-def mean_psnr(x: torch.Tensor, x_hat: torch.Tensor) -> float:
-    """Mean over images of the PSNR (dB) of ``x_hat`` (clamped to [0, 1]) against ``x``."""
-    return float(psnr(x_hat.clamp(0, 1), x).mean())
-
-
-@torch.no_grad()
-def elbo_terms(model: VAE, x: torch.Tensor, batch_size: int = 500) -> dict[str, float]:
-    """ELBO = E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)), each term per image (nats), one-sample MC.
-
-    The KL is estimated as E_q[log q(z|x) − log p(z)], so it works for every prior (the mixture
-    prior has no closed form).
-    """
-    rec = kl = 0.0
-    for xb in x.split(batch_size):
-        guide_tr = poutine.trace(model.guide).get_trace(xb)
-        model_tr = poutine.trace(poutine.replay(model.model, trace=guide_tr)).get_trace(xb)
-        guide_tr.compute_log_prob()
-        model_tr.compute_log_prob()
-        rec += float(model_tr.nodes["x"]["log_prob"].sum())
-        kl += float(guide_tr.nodes["z"]["log_prob"].sum() - model_tr.nodes["z"]["log_prob"].sum())
-    n = x.shape[0]
-    return {"elbo": (rec - kl) / n, "reconstruction_loglik": rec / n, "kl": kl / n}
-
-
 class DigitClassifier(nn.Module):
     """A small MLP classifier of MNIST digits, used only to *score* generated images.
 
@@ -377,9 +376,11 @@ class DigitClassifier(nn.Module):
     are crude sample-quality numbers: blurry or mixed digits get low confidence.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, num_pixels: int = 784) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(num_pixels, 256), nn.ReLU(), nn.Linear(256, 10)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -399,9 +400,9 @@ def digit_classifier(args: argparse.Namespace, data: ImageData, epochs: int = 2)
     """Train (or load from the cache) :class:`DigitClassifier` on ``data``'s training set."""
     key = {"n": list(data.train_x.shape), "epochs": epochs, "seed": args.seed}
     path = Path(args.cache) / f"classifier-{_fingerprint(key)}.pt"
-    clf = DigitClassifier().to(args.device)
+    clf = DigitClassifier(math.prod(data.image_shape)).to(args.device)
     if path.exists():
-        clf.load_state_dict(torch.load(path, map_location=args.device))
+        clf.load_state_dict(torch.load(path, map_location=args.device, weights_only=True))
         return clf.eval()
     g = torch.Generator().manual_seed(args.seed)
     opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
@@ -418,24 +419,54 @@ def digit_classifier(args: argparse.Namespace, data: ImageData, epochs: int = 2)
 
 
 # --------------------------------------------------------------------------------------------
-# Figures
+# Stand-ins for library functions that do not exist yet (move them into ppl_vae)
 # --------------------------------------------------------------------------------------------
 
 
-def save_rows(
-    rows: Sequence[torch.Tensor],
-    labels: Sequence[str],
-    path: Path,
-    title: str,
-    col_labels: Sequence[str] | None = None,
-    label_width: float = 1.6,
-    cell: float = 0.55,
-) -> Path:
-    """One labelled row of images per tensor ``(n, C, H, W)``: ``ppl_vae.plots`` sized for the
-    report (``cell`` inches per image; widen it for long column labels)."""
-    return save_image_rows(
-        rows, labels, path, title, col_labels, cell=cell, label_width=label_width, dpi=DPI
+@torch.no_grad()
+def elbo_terms(model: VAE, x: torch.Tensor, batch_size: int = 500) -> dict[str, float]:
+    """ELBO = E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)), each term per image (nats), one-sample MC.
+
+    The KL is estimated as E_q[log q(z|x) − log p(z)], so it works for every prior (the mixture
+    prior has no closed form). Observed sites make the first term, latent sites the second.
+    Belongs in :mod:`ppl_vae.evaluate` (next to ``elbo_per_image``, which reads the same traces).
+    """
+    rec = kl = 0.0
+    for xb in x.split(batch_size):
+        guide_tr = poutine.trace(model.guide).get_trace(xb)
+        model_tr = poutine.trace(poutine.replay(model.model, trace=guide_tr)).get_trace(xb)
+        guide_tr.compute_log_prob()
+        model_tr.compute_log_prob()
+        rec += float(_sites_log_prob(model_tr, observed=True))
+        kl += float(
+            _sites_log_prob(guide_tr, observed=False) - _sites_log_prob(model_tr, observed=False)
+        )
+    n = x.shape[0]
+    return {"elbo": (rec - kl) / n, "reconstruction_loglik": rec / n, "kl": kl / n}
+
+
+def _sites_log_prob(trace: poutine.Trace, observed: bool) -> torch.Tensor | float:
+    """Sum of the log densities of a trace's observed (or latent) sample sites."""
+    sites = trace.nodes.values()
+    return sum(
+        s["log_prob_sum"] for s in sites if s["type"] == "sample" and s["is_observed"] == observed
     )
+
+
+class Clipped:
+    """A model whose reconstructions are clipped to [0, 1], the images' range.
+
+    PCA's affine reconstructions leave that range; clipping only brings them closer to the data,
+    so PCA is compared with the AEs (sigmoid means) at its best. Works with
+    :func:`ppl_vae.reconstruction_error` and :func:`ppl_vae.corruptions.reconstruction_psnr`.
+    The CLI's ``compare`` has the same adapter; belongs in :mod:`ppl_vae.pca` (an option of PCA).
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def reconstruct(self, x: torch.Tensor, x_in: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.reconstruct(x, x_in).clamp(0, 1)
 
 
 def save_panels(
@@ -445,7 +476,10 @@ def save_panels(
     ncols: int | None = None,
     panel_size: float = 3.0,
 ) -> Path:
-    """Side-by-side image grids, each ``(images, nrow, caption)`` (Kingma & Welling's Fig. 5)."""
+    """Side-by-side image grids, each ``(images, nrow, caption)`` (Kingma & Welling's Fig. 5).
+
+    :func:`ppl_vae.plots.save_grid` with several panels; belongs in :mod:`ppl_vae.plots`.
+    """
     ncols = ncols or len(panels)
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(
@@ -472,11 +506,11 @@ def save_panels(
 class Results:
     """What one experiment run produced: figures with captions and verdicts, tables, numbers.
 
-    ``save`` writes ``metrics.json`` into :attr:`dir`; ``report.py`` reads nothing else.
+    The experiment's number and mode come from ``args`` (:func:`parse_args`). ``save`` writes
+    ``metrics.json`` into :attr:`dir`; ``report.py`` reads nothing else.
     """
 
     args: argparse.Namespace
-    number: int
     name: str
     title: str
     settings: dict[str, Any] = field(default_factory=dict)
@@ -493,6 +527,13 @@ class Results:
     def path(self, filename: str) -> Path:
         """Where to write a figure file of this experiment."""
         return self.dir / filename
+
+    def savefig(self, fig: plt.Figure, filename: str) -> Path:
+        """Write a matplotlib figure into :attr:`dir` at the report's resolution and close it."""
+        fig.tight_layout()
+        fig.savefig(self.path(filename), dpi=DPI)
+        plt.close(fig)
+        return self.path(filename)
 
     def figure(self, filename: str, caption: str, verdict: str, agrees: bool | None) -> None:
         """Register a figure already written to :meth:`path` (``agrees``: with the lecture)."""
@@ -511,13 +552,14 @@ class Results:
         script = Path(self.args.argv[0]).name
         flags = " ".join(shlex.quote(a) for a in self.args.argv[1:])
         blob = {
-            "number": self.number,
+            "number": self.args.number,
             "name": self.name,
             "title": self.title,
             "mode": self.args.mode,
             "command": f"python experiments/{script} {flags}".strip(),
             "device": self.args.device,
             "seed": self.args.seed,
+            "threads": torch.get_num_threads(),
             "runtime_seconds": round(time.perf_counter() - self._t0, 1),
             "torch": torch.__version__,
             "pyro": pyro.__version__,
@@ -536,8 +578,6 @@ class Results:
 def _json_default(o: Any) -> Any:
     if isinstance(o, torch.Tensor):
         return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
     return str(o)
 
 

@@ -16,28 +16,28 @@ import torch
 from common import (
     CORRUPTIONS,
     DAE_BUDGETS,
+    DPI,
     Results,
-    batched,
     budget,
     budget_dict,
     dae,
+    first_of_class,
     load_mnist,
-    mean_psnr,
     parse_args,
-    save_rows,
 )
 
-from ppl_vae.corruptions import corrupt, make_corruption
+from ppl_vae.corruptions import corrupt, make_corruption, psnr, reconstruction_psnr
+from ppl_vae.plots import save_image_rows
 
 N_SHOW = 10
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Train the DAEs, corrupt the test set, write the rows figure and the PSNR table."""
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__, number=5, argv=argv)
     b = budget(args, DAE_BUDGETS)
     data = load_mnist(args, b)
-    res = Results(args, 5, "denoising", "Denoising MNIST: dropout, blur, block mask")
+    res = Results(args, "denoising", "Denoising MNIST: dropout, blur, block mask")
     res.settings = {
         "budget": budget_dict(b),
         "model": "MLP 512-512 AE, latent 32, point-mass guide, flat prior, Gaussian likelihood "
@@ -49,15 +49,14 @@ def main() -> None:
     }
     x = data.test_x
     ae, _ = dae(args, data, b, None)
-    idx = [int((data.test_y == c).nonzero()[0]) for c in range(10) if (data.test_y == c).any()]
-    rows, labels, table = [x[idx[:N_SHOW]]], ["original"], []
+    idx = first_of_class(data.test_y)[:N_SHOW]
+    rows, labels, table = [x[idx]], ["original"], []
     for label, spec in CORRUPTIONS.items():
         model, info = dae(args, data, b, spec)
         x_tilde = corrupt(x, make_corruption(spec), seed=args.seed)
-        with torch.no_grad():
-            x_dae = batched(model.reconstruct, x_tilde)
-            x_ae = batched(ae.reconstruct, x_tilde)
-        p_in, p_ae, p_dae = mean_psnr(x, x_tilde), mean_psnr(x, x_ae), mean_psnr(x, x_dae)
+        p_in = float(psnr(x_tilde.clamp(0, 1), x).mean())
+        p_ae = reconstruction_psnr(ae, x, x_tilde)
+        p_dae = reconstruction_psnr(model, x, x_tilde)
         table.append([label, p_in, p_ae, p_dae, p_dae - p_in])
         res.metrics[spec] = {
             "psnr_corrupted": p_in,
@@ -65,14 +64,16 @@ def main() -> None:
             "psnr_dae": p_dae,
             **info,
         }
-        rows += [x_tilde[idx[:N_SHOW]], x_dae[idx[:N_SHOW]]]
+        with torch.no_grad():
+            rows += [x_tilde[idx], model.reconstruct(x[idx], x_tilde[idx])]
         labels += [f"{label}", "→ DAE output"]
-    save_rows(
+    save_image_rows(
         rows,
         labels,
         res.path("denoising.png"),
         "Test digits: corrupted inputs x̃ and the DAE's reconstructions h(x̃)",
         label_width=2.0,
+        dpi=DPI,
     )
     gains = {r[0]: r[4] for r in table}
     dae_beats_ae = all(r[3] > r[2] for r in table)

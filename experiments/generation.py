@@ -35,12 +35,12 @@ N_SHOW = 64
 N_SCORE = 2000
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Fit the code densities, sample every model, write the panels and the score table."""
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__, number=3, argv=argv)
     b_ae, b_vae = budget(args, AE_BUDGETS), budget(args, VAE_BUDGETS)
     data_ae, data = load_mnist(args, b_ae), load_mnist(args, b_vae)
-    res = Results(args, 3, "generation", "Generation: AE + Gaussian / GMM vs VAE prior samples")
+    res = Results(args, "generation", "Generation: AE + Gaussian / GMM vs VAE prior samples")
     res.settings = {
         "ae_budget": budget_dict(b_ae),
         "vae_budget": budget_dict(b_vae),

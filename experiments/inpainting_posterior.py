@@ -29,6 +29,7 @@ import pyro.distributions as dist
 import torch
 from common import (
     DAE_BUDGETS,
+    DPI,
     VAE_BUDGETS,
     VAE_TRAIN,
     Results,
@@ -36,14 +37,15 @@ from common import (
     budget_dict,
     dae,
     digit_classifier,
+    first_of_class,
     load_mnist,
     mnist_model,
     parse_args,
-    save_rows,
     vae_config,
 )
 
 from ppl_vae import VAE
+from ppl_vae.plots import save_image_rows
 
 SPEC = "block:16"
 BLOCK = 16
@@ -115,13 +117,13 @@ def grey_fraction(x: torch.Tensor, hidden: torch.Tensor) -> float:
     return float(((vals > 0.2) & (vals < 0.8)).float().mean())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Mask test digits, complete them with the DAE and by SIR under the VAE, write the figure."""
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__, number=6, argv=argv)
     b_dae, b_vae = budget(args, DAE_BUDGETS), budget(args, VAE_BUDGETS)
     data_dae, data = load_mnist(args, b_dae), load_mnist(args, b_vae)
     num_particles = {"tiny": 500, "quick": 20000, "full": 50000}[args.mode]
-    res = Results(args, 6, "inpainting_posterior", "The multimodal posterior under a block mask")
+    res = Results(args, "inpainting_posterior", "The multimodal posterior under a block mask")
     res.settings = {
         "dae_budget": budget_dict(b_dae),
         "vae_budget": budget_dict(b_vae),
@@ -135,8 +137,9 @@ def main() -> None:
     vae, _ = mnist_model(args, data, b_vae, f"vae-z{LATENT}", vae_config(LATENT), **VAE_TRAIN)
     clf = digit_classifier(args, data)
 
-    first = [int((data.test_y == c).nonzero()[0]) for c in SHOW_CLASSES if (data.test_y == c).any()]
-    x = data.test_x[first]
+    idx = first_of_class(data.test_y, SHOW_CLASSES)
+    shown = [int(data.test_y[i]) for i in idx]  # the classes present in a small test split
+    x = data.test_x[idx]
     visible = centre_block_visible(x, BLOCK)
     x_tilde = x * visible
     with torch.no_grad():
@@ -154,10 +157,10 @@ def main() -> None:
             [x[i : i + 1], x_tilde[i : i + 1], x_dae[i : i + 1], out["mean"][None], samples]
         )
         rows.append(row)
-        labels.append(f"digit {SHOW_CLASSES[i]}")
+        labels.append(f"digit {shown[i]}")
         table.append(
             [
-                SHOW_CLASSES[i],
+                shown[i],
                 out["ess"],
                 distinct,
                 " ".join(map(str, preds)),
@@ -165,7 +168,7 @@ def main() -> None:
                 grey_fraction(samples, hidden),
             ]
         )
-    save_rows(
+    save_image_rows(
         rows,
         labels,
         res.path("inpainting_posterior.png"),
@@ -175,6 +178,7 @@ def main() -> None:
         + [f"sample\n{j + 1}" for j in range(N_SAMPLES)],
         label_width=1.0,
         cell=0.8,
+        dpi=DPI,
     )
     grey_dae = sum(r[4] for r in table) / len(table)
     grey_samples = sum(r[5] for r in table) / len(table)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from common import (
     AE_BUDGETS,
+    DPI,
     VAE_BUDGETS,
     VAE_TRAIN,
     Results,
@@ -23,14 +24,15 @@ from common import (
     budget_dict,
     conv_ae,
     digit_classifier,
+    first_of_class,
     load_mnist,
     mnist_model,
     parse_args,
-    save_rows,
     vae_config,
 )
 
 from ppl_vae.pca import PCA
+from ppl_vae.plots import save_image_rows
 
 LATENT = 32
 STEPS = 10
@@ -41,18 +43,22 @@ N_RANDOM_PAIRS = 500
 
 @torch.no_grad()
 def interpolate(model: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-    """Decode ``STEPS`` codes on the segment encode(x1) → encode(x2): ``(B, STEPS, C, H, W)``."""
+    """Decode ``STEPS`` codes on the segment encode(x1) → encode(x2): ``(B, STEPS, C, H, W)``.
+
+    ``VAE.interpolate`` for any object with ``encode``/``decode`` (PCA has no such method):
+    belongs in the library as a function, like :func:`ppl_vae.latent.sample_images`.
+    """
     z1, z2 = model.encode(x1), model.encode(x2)
     t = torch.linspace(0, 1, STEPS, device=z1.device)[:, None]
     return model.decode(z1[:, None] * (1 - t) + z2[:, None] * t).clamp(0, 1)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Interpolate the shown pairs and score the midpoints of random pairs."""
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__, number=2, argv=argv)
     b_ae, b_vae = budget(args, AE_BUDGETS), budget(args, VAE_BUDGETS)
     data_ae, data = load_mnist(args, b_ae), load_mnist(args, b_vae)
-    res = Results(args, 2, "interpolation", "Latent interpolation: PCA, AE, VAE (size 32)")
+    res = Results(args, "interpolation", "Latent interpolation: PCA, AE, VAE (size 32)")
     res.settings = {
         "ae_budget": budget_dict(b_ae),
         "vae_budget": budget_dict(b_vae),
@@ -67,7 +73,7 @@ def main() -> None:
     pca = PCA(LATENT).fit(data.train_x)
     models = {"PCA": pca, "AE": ae, "VAE": vae}
 
-    first = {c: int((data.test_y == c).nonzero()[0]) for c in range(10) if (data.test_y == c).any()}
+    first = {int(data.test_y[i]): i for i in first_of_class(data.test_y)}
     pairs = [(a, c) for a, c in PAIRS if a in first and c in first]
     x1 = data.test_x[[first[a] for a, _ in pairs]]
     x2 = data.test_x[[first[c] for _, c in pairs]]
@@ -77,13 +83,14 @@ def main() -> None:
         for name in models:
             rows.append(paths[name][i])
             labels.append(f"{name}: {a} → {c}")
-    save_rows(
+    save_image_rows(
         rows,
         labels,
         res.path("interpolation.png"),
         f"Decoded codes on the line between two test digits (latent size {LATENT})",
         col_labels=[f"t={t:.2f}" for t in torch.linspace(0, 1, STEPS).tolist()],
         label_width=1.5,
+        dpi=DPI,
     )
 
     # Midpoints of random pairs of different classes.

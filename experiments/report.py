@@ -125,7 +125,7 @@ def build_report(out: Path) -> Path:
         "```",
         "",
         "and a long run of chosen experiments with e.g. "
-        "`python experiments/run_all.py --full --only 1,5,7` (CUDA is used when present).",
+        "`python experiments/run_all.py --full --only 1,5,7,11,12` (CUDA is used when present).",
         "",
     ]
     for mode, info in runs_info.items():

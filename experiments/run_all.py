@@ -1,6 +1,6 @@
 """Run every experiment (quick mode by default) and build ``<out>/REPORT.md``.
 
-    python experiments/run_all.py                        # all ten, quick mode, then the report
+    python experiments/run_all.py                        # all twelve, quick mode, then the report
     python experiments/run_all.py --full --only 1,5,7    # long runs of some experiments
     python experiments/run_all.py --report-only          # rebuild the report from the JSONs
 
@@ -18,9 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import resolve_device
 from report import build_report
-
-from ppl_vae.train import resolve_device
 
 HERE = Path(__file__).resolve().parent
 #: (number, script) in an order that lets later scripts reuse cached models of earlier ones.
@@ -35,6 +34,8 @@ SCRIPTS = (
     (4, "toy_denoising.py"),
     (9, "swap_parts.py"),
     (10, "sparse_ae.py"),
+    (11, "dae_vs_ae.py"),
+    (12, "linear_ae_pca.py"),
 )
 
 

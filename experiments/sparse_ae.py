@@ -14,12 +14,9 @@ from __future__ import annotations
 import itertools
 
 import matplotlib.pyplot as plt
-import torch
 from common import (
-    DPI,
     Budget,
     Results,
-    batched,
     budget,
     budget_dict,
     dae_config,
@@ -29,6 +26,7 @@ from common import (
 )
 
 from ppl_vae import reconstruction_error
+from ppl_vae.latent import encode_dataset
 
 BUDGETS = {
     "quick": Budget(n_train=8000, n_test=2000, epochs=5),
@@ -39,12 +37,12 @@ LAMBDAS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0)
 THRESHOLD = 0.05
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Train one AE per λ and plot sparsity and reconstruction error against λ."""
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__, number=10, argv=argv)
     b = budget(args, BUDGETS)
     data = load_mnist(args, b)
-    res = Results(args, 10, "sparse_ae", "Sparse AE: sparsity and error against λ")
+    res = Results(args, "sparse_ae", "Sparse AE: sparsity and error against λ")
     res.settings = {
         "budget": budget_dict(b),
         "model": "MLP 512-512 AE, latent 32, point-mass guide, Gaussian likelihood c = 0.1; "
@@ -58,8 +56,7 @@ def main() -> None:
         if lam > 0:
             cfg.prior, cfg.prior_kwargs = "laplace", {"scale": 1.0 / lam}
         model, info = mnist_model(args, data, b, f"sparse-ae-l{lam:g}", cfg)
-        with torch.no_grad():
-            z = batched(model.encode, data.test_x)  # (N, 32)
+        z = encode_dataset(model, data.test_x)  # (N, 32)
         near_zero = float((z.abs() < THRESHOLD).float().mean())
         dead = int(((z.abs() < THRESHOLD).float().mean(0) > 0.99).sum())
         active = float((z.abs() >= THRESHOLD).float().sum(1).mean())
@@ -86,9 +83,7 @@ def main() -> None:
         ax.set_xticks(pos, [f"{lam:g}" for lam in LAMBDAS])
         ax.set_xlabel("λ = 1/b  (0: flat prior, plain AE)")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(res.path("sparsity.png"), dpi=DPI)
-    plt.close(fig)
+    res.savefig(fig, "sparsity.png")
 
     sparsity = [r[1] for r in table]
     mses = [r[5] for r in table]

@@ -34,11 +34,11 @@ from common import (
     mnist_model,
     parse_args,
     save_panels,
-    save_rows,
     vae_config,
 )
 
 from ppl_vae import reconstruction_error
+from ppl_vae.plots import save_image_rows
 
 BUDGETS = {
     "quick": Budget(n_train=8000, n_test=2000, epochs=5),
@@ -65,12 +65,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Train every variant, tabulate ELBO / reconstruction / KL, draw the trade-off."""
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__, number=9, argv=argv)
     b = budget(args, BUDGETS)
     data = load_mnist(args, b)
-    res = Results(args, 9, "swap_parts", "Swapping likelihoods and priors")
+    res = Results(args, "swap_parts", "Swapping likelihoods and priors")
     res.settings = {
         "budget": budget_dict(b),
         "model": f"MLP 512-512 VAE, latent {LATENT}, Normal guide; SVI TraceMeanField_ELBO",
@@ -91,12 +91,13 @@ def main() -> None:
             rows.append(model.reconstruct(x_show).clamp(0, 1))
             labels.append(label)
             panels.append((model.sample(36).clamp(0, 1), 6, label))
-    save_rows(
+    save_image_rows(
         rows,
         labels,
         res.path("reconstructions.png"),
         "Test digits reconstructed by each variant (mean of p(x | z) at z = mean of q)",
         label_width=2.4,
+        dpi=DPI,
     )
     save_panels(
         panels, res.path("samples.png"), "Prior samples of each variant", ncols=5, panel_size=2.6
@@ -119,9 +120,7 @@ def main() -> None:
     ax1.set_title("Gaussian likelihood: reconstruction vs KL trade-off")
     ax1.grid(alpha=0.3)
     fig.legend(loc="upper center", bbox_to_anchor=(0.5, 0.88), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(res.path("tradeoff.png"), dpi=DPI)
-    plt.close(fig)
+    res.savefig(fig, "tradeoff.png")
 
     tradeoff = all(a >= b_ for a, b_ in itertools.pairwise(mse)) and all(
         a <= b_ for a, b_ in itertools.pairwise(kl)

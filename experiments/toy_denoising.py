@@ -7,7 +7,7 @@ optimum h(x̃) = E[x | x̃] points back to the data manifold. The figure shows t
 noisy data, the field h(x̃) − x̃ as arrows and the denoised points h(x̃).
 
 The model is built from the library's parts directly (2-D points need no image networks):
-``VAE(MLPEncoder((2,), ...), MLPDecoder(..., (2,)), Flat, Gaussian(c, mean_fn=None), (2,),
+``VAE(MLPEncoder((2,), ...), MLPDecoder(..., (2,)), Flat, GaussianIdentity(c), (2,),
 PointMassGuide())``.
 
     python experiments/toy_denoising.py         # quick
@@ -21,7 +21,6 @@ import math
 import matplotlib.pyplot as plt
 import torch
 from common import (
-    DPI,
     Budget,
     Results,
     budget,
@@ -67,17 +66,17 @@ def build() -> VAE:
         nets.MLPEncoder((2,), LATENT, hidden=HIDDEN),
         nets.MLPDecoder(LATENT, (2,), hidden=HIDDEN),
         priors.Flat(LATENT),
-        likelihoods.Gaussian(variance=CORRUPTION_SIGMA**2, mean_fn=None),
+        likelihoods.GaussianIdentity(variance=CORRUPTION_SIGMA**2),
         (2,),
         PointMassGuide(),
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Train the 2-D DAE and draw the four panels."""
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__, number=4, argv=argv)
     b = budget(args, BUDGETS)
-    res = Results(args, 4, "toy_denoising", "Denoising a 2-D curve")
+    res = Results(args, "toy_denoising", "Denoising a 2-D curve")
     g = torch.Generator().manual_seed(args.seed)
     train_x = sample_data(b.n_train, g).to(args.device)
     test_x = sample_data(b.n_test, g)
@@ -148,9 +147,7 @@ def main() -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("x₂")
     axes[0].legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(res.path("toy_denoising.png"), dpi=DPI)
-    plt.close(fig)
+    res.savefig(fig, "toy_denoising.png")
 
     agrees = d_denoised < 0.5 * d_noisy
     res.metrics = {

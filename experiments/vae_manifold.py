@@ -14,11 +14,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import torch
 from common import (
-    DPI,
     VAE_BUDGETS,
     VAE_TRAIN,
     Results,
-    batched,
     budget,
     budget_dict,
     load_mnist,
@@ -27,6 +25,7 @@ from common import (
     vae_config,
 )
 
+from ppl_vae.latent import encode_dataset
 from ppl_vae.plots import image_grid
 
 GRID = 20
@@ -42,12 +41,12 @@ def class_separation(codes: torch.Tensor, labels: torch.Tensor) -> float:
     return float(between / total)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Decode the Φ⁻¹ grid, encode the test set, write the two-panel figure."""
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__, number=8, argv=argv)
     b = budget(args, VAE_BUDGETS)
     data = load_mnist(args, b)
-    res = Results(args, 8, "vae_manifold", "The learned 2-D manifold")
+    res = Results(args, "vae_manifold", "The learned 2-D manifold")
     res.settings = {
         "budget": budget_dict(b),
         "model": "the 2-D VAE of experiment 7 (MLP 512-512, Bernoulli, N(0, I) prior)",
@@ -60,7 +59,7 @@ def main() -> None:
     zz = torch.stack(torch.meshgrid(z1, z1.flip(0), indexing="xy"), -1).reshape(-1, 2)
     with torch.no_grad():
         images = model.decode(zz)
-        codes = batched(model.encode, data.test_x).cpu()
+    codes = encode_dataset(model, data.test_x).cpu()
     labels = data.test_y.cpu()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12.5, 6.2))
@@ -77,9 +76,7 @@ def main() -> None:
     cbar = fig.colorbar(sc, ax=ax2, ticks=range(10), fraction=0.046)
     cbar.set_label("digit")
     ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(res.path("manifold.png"), dpi=DPI)
-    plt.close(fig)
+    res.savefig(fig, "manifold.png")
 
     sep = class_separation(codes, labels)
     radius = float(codes.norm(dim=1).median())

@@ -33,12 +33,12 @@ from ppl_vae import elbo
 SIZES = (2, 5, 10, 20)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Train the four VAEs, draw 100 samples from each, write the figure and the ELBO table."""
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__, number=7, argv=argv)
     b = budget(args, VAE_BUDGETS)
     data = load_mnist(args, b)
-    res = Results(args, 7, "vae_samples", "VAE samples at latent sizes 2, 5, 10, 20")
+    res = Results(args, "vae_samples", "VAE samples at latent sizes 2, 5, 10, 20")
     res.settings = {
         "budget": budget_dict(b),
         "model": "MLP 512-512 VAE, Bernoulli likelihood, N(0, I) prior, Normal guide",

@@ -1,4 +1,5 @@
-"""Image corruptions x → x̃ for the denoising auto-encoder, and PSNR to score the clean-up.
+"""Image corruptions x → x̃ for the denoising auto-encoder (PSNR, which scores the clean-up, lives
+in :mod:`ppl_vae.metrics` and is re-exported here).
 
 A denoising AE's guide encodes a corrupted copy x̃ while its model scores the clean x (see
 :mod:`ppl_vae.model`). The corruptions here are small callables with one signature::
@@ -25,6 +26,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torchvision.transforms import functional as TF
+
+from .metrics import psnr, reconstruction_psnr
 
 __all__ = [
     "CORRUPTIONS",
@@ -105,20 +108,16 @@ def _describe(x: object) -> str:
 
 
 def _rand(
-    shape: Sequence[int], generator: torch.Generator | None, like: torch.Tensor
+    shape: Sequence[int],
+    generator: torch.Generator | None,
+    like: torch.Tensor,
+    normal: bool = False,
 ) -> torch.Tensor:
-    """Uniforms on the generator's device (so a CPU generator can drive GPU data), moved to x's."""
+    """Uniforms (or standard normals) drawn on the generator's device, so a CPU generator can
+    drive GPU data, then moved to ``like``'s device in ``like``'s dtype."""
     device = generator.device if generator is not None else like.device
-    u = torch.rand(tuple(shape), generator=generator, device=device, dtype=like.dtype)
-    return u.to(like.device)
-
-
-def _randn(
-    shape: Sequence[int], generator: torch.Generator | None, like: torch.Tensor
-) -> torch.Tensor:
-    device = generator.device if generator is not None else like.device
-    e = torch.randn(tuple(shape), generator=generator, device=device, dtype=like.dtype)
-    return e.to(like.device)
+    draw = torch.randn if normal else torch.rand
+    return draw(tuple(shape), generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
 def _check_image(x: torch.Tensor, what: str) -> tuple[int, int]:
@@ -156,7 +155,7 @@ class GaussianNoise(Corruption):
         self.clip = bool(clip)
 
     def apply(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        out = x + self.sigma * _randn(x.shape, generator, x)
+        out = x + self.sigma * _rand(x.shape, generator, x, normal=True)
         return out.clamp(0.0, 1.0) if self.clip else out
 
     def _params(self) -> dict[str, object]:
@@ -415,35 +414,3 @@ def corrupt(
     """
     gen = torch.Generator(device=x.device).manual_seed(seed)
     return corruption(x, generator=gen)
-
-
-def psnr(
-    x: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0, eps: float = 1e-10
-) -> torch.Tensor:
-    """Peak signal-to-noise ratio of each image, in dB: 10·log10(range² / MSE_i). Shape ``(N,)``.
-
-    Per-image PSNRs are what one averages for a data set (the mean of PSNR, not the PSNR of the
-    mean MSE); ``eps`` caps a perfect reconstruction at a finite value.
-    """
-    if x.shape != reference.shape:
-        raise ValueError(f"shapes differ: {tuple(x.shape)} vs {tuple(reference.shape)}")
-    mse = ((x - reference) ** 2).flatten(1).mean(1)
-    return 10.0 * torch.log10(data_range**2 / mse.clamp_min(eps))
-
-
-@torch.no_grad()
-def reconstruction_psnr(
-    model: object, x: torch.Tensor, x_in: torch.Tensor | None = None, batch_size: int = 1000
-) -> float:
-    """Mean PSNR (dB) of ``model.reconstruct(x, x̃)`` against the clean ``x``, in batches.
-
-    Any object with ``reconstruct(x, x_in)`` works (:class:`~ppl_vae.model.VAE`,
-    :class:`~ppl_vae.pca.PCA`). Reconstructions are clipped to ``[0, 1]``, the images' range.
-    """
-    total = 0.0
-    for start in range(0, x.shape[0], batch_size):
-        xb = x[start : start + batch_size]
-        xin = None if x_in is None else x_in[start : start + batch_size]
-        rec = model.reconstruct(xb, xin).clamp(0, 1)  # type: ignore[attr-defined]
-        total += float(psnr(rec, xb).sum())
-    return total / x.shape[0]

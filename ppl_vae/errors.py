@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "DataError", "TrainingDivergedError"]
+__all__ = ["CheckpointError", "DataError", "ProgramError", "TrainingDivergedError"]
 
 
 class DataError(ValueError):
@@ -20,3 +20,9 @@ class TrainingDivergedError(RuntimeError):
         super().__init__(message)
         self.epoch = epoch
         self.step = step
+
+
+class ProgramError(ValueError):
+    """A Pyro program ``fit`` or the evaluation cannot use as given: a mis-scaled data plate, an
+    unregistered or untrained parameter, a latent the guide lacks, arguments model and guide do
+    not share. The message names the fix."""

@@ -1,24 +1,31 @@
-"""Evaluation: ELBO, importance-sampled log-likelihood, reconstruction error, bits per dimension.
+"""Evaluation of any Pyro program: ELBO, importance-sampled log-likelihood, the standard report.
 
-All numbers are per image, in nats unless said otherwise, and computed in batches so memory stays
-bounded. Importance sampling uses the guide as proposal (the IWAE bound of Burda et al., 2016):
+All numbers are per data point, in nats unless said otherwise, computed from Pyro traces in
+batches so memory stays bounded, for the library's models and a user's ``model``/``guide`` pair
+alike (:mod:`ppl_vae.program`). Importance sampling uses the guide as proposal (Burda et al.,
+2016)::
 
     log p(x) ≈ logsumexp_k [log p(x, z_k) − log q(z_k | x)] − log K,   z_k ~ q(z | x),
 
-which is a lower bound in expectation that tightens to log p(x) as K grows. The K particles are a
-vectorised ``pyro.plate`` and are processed in chunks whose log-weights are merged with a running
-logsumexp, so K = 5000 needs no more memory than one chunk.
+a lower bound in expectation that tightens to log p(x) as K grows. The weights come from
+:func:`~ppl_vae.importance.log_weights`: a model latent the guide does not sample is summed out
+when it is discrete and enumerable and refused otherwise, never silently biased. The K particles
+are a vectorised plate, processed in chunks merged with a running log-sum-exp, so K = 5000 needs
+no more memory than one chunk.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
-import pyro
 import torch
-from pyro import poutine
+from pyro.infer import TraceMeanField_ELBO
 
-from .model import VAE
+from .corruptions import corrupt, make_corruption
+from .importance import log_weights
+from .metrics import bits_per_dim, eval_mode, psnr, reconstruction_error, reconstruction_psnr
+from .program import Program, ProgramInfo, as_program, inspect_program
 
 #: Largest chunk (in numbers) that :func:`log_likelihood` uses on CPU. glibc serves allocations
 #: above its mmap threshold (32 MiB at most) with fresh pages that are faulted in and zeroed on
@@ -27,77 +34,79 @@ from .model import VAE
 CPU_MAX_ELEMENTS = 2**22
 
 __all__ = [
-    "bits_per_dim",
     "elbo",
+    "elbo_note",
     "elbo_per_image",
     "evaluate",
+    "image_metrics",
     "log_likelihood",
-    "reconstruction_error",
 ]
 
 
-def _log_weights(model: VAE, x: torch.Tensor, num_particles: int) -> torch.Tensor:
-    """log p(x, z) − log q(z | x) for ``num_particles`` draws per image: shape (K, B)."""
-    with pyro.plate("particles", num_particles, dim=-2):
-        guide_tr = poutine.trace(model.guide).get_trace(x)
-        model_tr = poutine.trace(poutine.replay(model.model, trace=guide_tr)).get_trace(x)
-    log_w = x.new_zeros(num_particles, x.shape[0])
-    for tr, sign in ((model_tr, 1.0), (guide_tr, -1.0)):
-        tr.compute_log_prob()
-        for site in tr.nodes.values():
-            if site["type"] == "sample":
-                log_w = log_w + sign * site["log_prob"]
-    return log_w
+def _setup(program: Any, x: torch.Tensor, batch_size: int) -> tuple[Program, ProgramInfo]:
+    """The program, its data checked, and what a traced run on the first batch shows."""
+    prog = as_program(program)
+    prog.check_data(x)
+    args, kwargs = _call(prog, x[:batch_size])
+    # modules own their weights: stale store entries of the same names give way to them
+    return prog, inspect_program(prog, args, kwargs, bind_from_store=False)
+
+
+def _call(prog: Program, xb: torch.Tensor) -> tuple[tuple, dict]:
+    # the batch is the whole data set of this evaluation: no subsampling scale
+    return prog.call_args(xb, num_data=xb.shape[0], x_in=xb)
+
+
+def _weights(prog: Program, info: ProgramInfo, xb: torch.Tensor, k: int) -> torch.Tensor:
+    args, kwargs = _call(prog, xb)
+    return log_weights(prog.model, prog.guide, args, kwargs, k, info.max_plate_nesting)[0]
 
 
 @torch.no_grad()
 def elbo_per_image(
-    model: VAE, x: torch.Tensor, *, num_particles: int = 1, batch_size: int = 1000
+    program: Any, x: torch.Tensor, *, num_particles: int = 1, batch_size: int = 1000
 ) -> torch.Tensor:
-    """Monte Carlo ELBO of each image, averaged over ``num_particles`` draws: shape (N,)."""
-    model.check_data(x)
-    if not model.guide_family.has_density:
-        return _point_mass_log_joint(model, x, batch_size)
-    out = []
-    for xb in x.split(batch_size):
-        out.append(_log_weights(model, xb, num_particles).mean(0))
-    return torch.cat(out)
+    """Monte Carlo ELBO of each data point, averaged over ``num_particles`` draws: shape (N,).
 
-
-def _point_mass_log_joint(model: VAE, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    # With q = δ(z − f(x)) the ELBO is log p(x | f(x)) + log p(f(x)) (the entropy term is the
-    # Delta's log density, 0 by convention), so one deterministic pass is exact.
-    return torch.cat([_log_weights(model, xb, 1)[0] for xb in x.split(batch_size)])
+    With a point-mass guide one draw is exact: log p(x | f(x)) + log p(f(x)).
+    """
+    prog, info = _setup(program, x, batch_size)
+    k = 1 if info.point_masses else num_particles
+    return torch.cat([_weights(prog, info, xb, k).mean(0) for xb in x.split(batch_size)])
 
 
 @torch.no_grad()
 def elbo(
-    model: VAE,
+    program: Any,
     x: torch.Tensor,
     *,
     num_particles: int = 1,
     batch_size: int = 1000,
     analytic_kl: bool = True,
 ) -> float:
-    """Mean ELBO per image (nats). With ``analytic_kl`` the KL term is computed exactly where
-    Pyro knows it (``TraceMeanField_ELBO``) and estimated by Monte Carlo elsewhere."""
-    model.check_data(x)
-    if not analytic_kl or not model.guide_family.has_density:
+    """Mean ELBO per data point (nats). With ``analytic_kl`` the KL term is computed exactly where
+    Pyro knows it (``TraceMeanField_ELBO``) and estimated by Monte Carlo elsewhere; programs
+    whose model has latents the guide lacks are scored from the (enumerated) weights instead."""
+    prog, info = _setup(program, x, batch_size)
+    if not analytic_kl or info.model_only or info.point_masses:
         return float(
-            elbo_per_image(model, x, num_particles=num_particles, batch_size=batch_size).mean()
+            elbo_per_image(prog, x, num_particles=num_particles, batch_size=batch_size).mean()
         )
-    loss_fn = pyro.infer.TraceMeanField_ELBO(
-        num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1
+    loss_fn = TraceMeanField_ELBO(
+        num_particles=num_particles,
+        vectorize_particles=num_particles > 1,
+        max_plate_nesting=info.max_plate_nesting,
     )
     total = 0.0
     for xb in x.split(batch_size):
-        total += loss_fn.loss(model.model, model.guide, xb)
+        args, kwargs = _call(prog, xb)
+        total += loss_fn.loss(prog.model, prog.guide, *args, **kwargs)
     return -total / x.shape[0]
 
 
 @torch.no_grad()
 def log_likelihood(
-    model: VAE,
+    program: Any,
     x: torch.Tensor,
     *,
     num_samples: int = 1000,
@@ -105,25 +114,26 @@ def log_likelihood(
     max_elements: int = 2**25,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Importance-sampled log p(x) per image with ``num_samples`` draws from q(z|x): shape (N,).
+    """Importance-sampled log p(x) per data point with ``num_samples`` draws from q: shape (N,).
 
-    Particles are processed in chunks of at most ``max_elements / (batch_size · pixels)`` so the
+    Particles are processed in chunks of at most ``max_elements / (numbers per particle)`` so the
     largest decoder output stays under ``max_elements`` numbers whatever ``num_samples`` is: the
     peak memory does not grow with ``num_samples``. On CPU the chunk is further capped at
     :data:`CPU_MAX_ELEMENTS` numbers, which is faster there; on GPUs the larger the better.
     """
-    if not model.guide_family.has_density:
-        raise ValueError(
-            "importance-sampled log p(x) needs a guide with a density; the point-mass guide of the "
-            "AE family has none (and a flat prior has no normaliser). Use a Normal guide."
-        )
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    model.check_data(x)
-    per_particle = batch_size * math.prod(model.image_shape) * model.likelihood.params_per_pixel
+    prog, info = _setup(program, x, batch_size)
+    prior = getattr(prog.owner, "prior", None)
+    if info.point_masses or (prior is not None and not getattr(prior, "can_sample", True)):
+        raise ValueError(
+            "importance-sampled log p(x) needs a guide with a density and a proper prior; the "
+            f"point-mass guide of the AE family has no density (sites {info.point_masses}) and a "
+            "flat prior no normaliser. Use a Normal (or richer) guide and a proper prior."
+        )
     if x.device.type == "cpu":
         max_elements = min(max_elements, CPU_MAX_ELEMENTS)
-    chunk = max(1, min(num_samples, max_elements // per_particle))
+    chunk = max(1, min(num_samples, max_elements // prog.elements_per_particle(x[:batch_size])))
     out = []
     batches = x.split(batch_size)
     if progress:
@@ -135,57 +145,73 @@ def log_likelihood(
         done = 0
         while done < num_samples:
             k = min(chunk, num_samples - done)
-            acc = torch.logaddexp(acc, torch.logsumexp(_log_weights(model, xb, k), dim=0))
+            acc = torch.logaddexp(acc, _weights(prog, info, xb, k).logsumexp(0))
             done += k
         out.append(acc - math.log(num_samples))
     return torch.cat(out)
 
 
+NOTE_BOUND = "ELBO: a lower bound on log p(x)"
+NOTE_FLAT = "log p(x | f(x)) only: flat (improper) prior, point-mass guide; not a bound"
+NOTE_MAP = "log p(x | f(x)) + log p(f(x)) at the point-mass code (MAP objective); not a bound"
+
+
+def elbo_note(model: Any) -> str:
+    """What the number reported as 'ELBO' means for this model's guide and prior."""
+    family = getattr(model, "guide_family", None)
+    if family is None or family.has_density:
+        return NOTE_BOUND
+    return NOTE_FLAT if not getattr(model.prior, "can_sample", True) else NOTE_MAP
+
+
 @torch.no_grad()
-def reconstruction_error(
-    model: VAE, x: torch.Tensor, x_in: torch.Tensor | None = None, batch_size: int = 1000
-) -> float:
-    """Mean squared error per pixel between ``x`` and decode(encode(x̃)) (x̃ = ``x_in`` or x)."""
-    if hasattr(model, "check_data"):  # also used with the PCA baseline (same interface)
-        model.check_data(x)
-    if x_in is not None and x_in.shape != x.shape:
-        raise ValueError(f"x_in has shape {tuple(x_in.shape)}, x has {tuple(x.shape)}")
-    sq = 0.0
-    for i, xb in enumerate(x.split(batch_size)):
-        xin = None if x_in is None else x_in[i * batch_size : (i + 1) * batch_size]
-        sq += float(((model.reconstruct(xb, xin) - xb) ** 2).sum())
-    return sq / x.numel()
-
-
-def bits_per_dim(log_px: float, num_dims: int) -> float:
-    """Convert a per-image log-likelihood in nats to bits per dimension: −log₂ p(x) / D."""
-    return -log_px / (num_dims * math.log(2))
+def image_metrics(
+    model: Any, x: torch.Tensor, corruption: str | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """PSNR of clean reconstructions and, with a ``corruption`` spec, of reconstructions from x̃
+    scored against the clean images. x̃ comes from a generator seeded by ``seed`` alone, so every
+    model scored with the same seed sees the same corrupted images."""
+    metrics: dict[str, Any] = {"psnr": reconstruction_psnr(model, x)}
+    if corruption is not None:
+        x_t = corrupt(x, make_corruption(corruption), seed=seed)
+        metrics.update(
+            {
+                "eval_corruption": corruption,
+                "corrupted_input_psnr": float(psnr(x_t.clamp(0, 1), x).mean()),
+                "corrupted_reconstruction_mse": reconstruction_error(model, x, x_t),
+                "corrupted_psnr": reconstruction_psnr(model, x, x_t),
+            }
+        )
+    return metrics
 
 
 @torch.no_grad()
 def evaluate(
-    model: VAE,
+    model: Any,
     x: torch.Tensor,
     *,
     iw_samples: int = 1000,
     iw_images: int | None = None,
     progress: bool = False,
-) -> dict[str, float]:
-    """The standard report: ELBO, IS log p(x) (on the first ``iw_images``), MSE, bits/dim."""
-    was_training = model.training
-    model.eval()
-    d = math.prod(model.image_shape)
-    metrics: dict[str, float] = {"num_images": x.shape[0]}
-    metrics["elbo"] = elbo(model, x)
-    metrics["elbo_bits_per_dim"] = bits_per_dim(metrics["elbo"], d)
-    metrics["reconstruction_mse"] = reconstruction_error(model, x)
-    if model.guide_family.has_density and iw_samples > 0 and iw_images != 0:
-        xs = x if iw_images is None else x[:iw_images]
-        ll = log_likelihood(model, xs, num_samples=iw_samples, progress=progress)
-        metrics["log_likelihood"] = float(ll.mean())
-        metrics["log_likelihood_samples"] = iw_samples
-        metrics["log_likelihood_images"] = xs.shape[0]
-        metrics["bits_per_dim"] = bits_per_dim(metrics["log_likelihood"], d)
-        metrics["elbo_same_images"] = elbo(model, xs)
-    model.train(was_training)
+) -> dict[str, Any]:
+    """The standard report: ELBO (and what it means), IS log p(x) on the first ``iw_images``,
+    reconstruction MSE, bits per dimension."""
+    d = math.prod(x.shape[1:])
+    metrics: dict[str, Any] = {"num_images": x.shape[0]}
+    with eval_mode(model):
+        metrics["elbo"] = elbo(model, x)
+        metrics["elbo_note"] = elbo_note(model)
+        metrics["elbo_bits_per_dim"] = bits_per_dim(metrics["elbo"], d)
+        if hasattr(model, "reconstruct"):
+            metrics["reconstruction_mse"] = reconstruction_error(model, x)
+        family = getattr(model, "guide_family", None)
+        proper = getattr(getattr(model, "prior", None), "can_sample", True)
+        if (family is None or family.has_density) and proper and iw_samples > 0 and iw_images != 0:
+            xs = x if iw_images is None else x[:iw_images]
+            ll = log_likelihood(model, xs, num_samples=iw_samples, progress=progress)
+            metrics["log_likelihood"] = float(ll.mean())
+            metrics["log_likelihood_samples"] = iw_samples
+            metrics["log_likelihood_images"] = xs.shape[0]
+            metrics["bits_per_dim"] = bits_per_dim(metrics["log_likelihood"], d)
+            metrics["elbo_same_images"] = elbo(model, xs)
     return metrics

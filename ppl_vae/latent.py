@@ -20,6 +20,8 @@ from typing import Protocol
 
 import torch
 
+from .metrics import eval_mode, map_batches
+
 __all__ = [
     "GMMDensity",
     "GaussianDensity",
@@ -235,20 +237,11 @@ class PriorDensity(LatentDensity):
         return f"PriorDensity({type(self.prior).__name__})"
 
 
-@torch.no_grad()
 def encode_dataset(model: _Encodes, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """``model.encode`` over ``x`` in batches, without gradients: ``(N, latent_dim)`` codes.
-
-    The model is put in eval mode for the pass and restored afterwards.
-    """
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
-    try:
-        return torch.cat([model.encode(xb) for xb in x.split(batch_size)])
-    finally:
-        if was_training:
-            model.train()
+    """``model.encode`` over ``x`` in batches, in eval mode, without gradients: ``(N, latent_dim)``
+    codes."""
+    with eval_mode(model):
+        return torch.cat(map_batches(model.encode, x, batch_size=batch_size))
 
 
 @torch.no_grad()

@@ -13,6 +13,15 @@ A likelihood is an ``nn.Module`` with
 
 :class:`Independent` builds one from any Pyro distribution class: each keyword is either a callable
 (that parameter is read off one decoder channel through it) or a constant.
+
+Mean links
+----------
+The Gaussian and Laplace likelihoods read their mean through a *link*: ``"sigmoid"`` (the
+default) keeps it in [0, 1], the range of image pixels, so reconstructions and samples are valid
+images; ``"identity"`` leaves it unbounded, for data that are not in [0, 1] (tables, 2-D toy
+data, probabilistic PCA). With the sigmoid link the data must lie in [0, 1]: data outside are
+refused before training (a sigmoid mean could never reach them) with an error that names
+``link='identity'``.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from torch import nn
 
 __all__ = [
     "LIKELIHOODS",
+    "LINKS",
     "Bernoulli",
     "ContinuousBernoulli",
     "Gaussian",
@@ -36,11 +46,44 @@ __all__ = [
     "Laplace",
     "Likelihood",
     "make_likelihood",
+    "mask_pixels",
 ]
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
+
+
+#: Mean links by name.
+LINKS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": _identity,
+    "sigmoid": torch.sigmoid,
+}
+
+Link = str | Callable[[torch.Tensor], torch.Tensor]
+
+
+def _link(link: Link) -> tuple[Callable[[torch.Tensor], torch.Tensor], constraints.Constraint]:
+    """The link function and the support the data need for it (a sigmoid mean stays in [0, 1])."""
+    if callable(link):
+        return link, constraints.real
+    if link not in LINKS:
+        raise ValueError(f"unknown link {link!r}; choose one of {sorted(LINKS)}")
+    return LINKS[link], constraints.unit_interval if link == "sigmoid" else constraints.real
+
+
+def mask_pixels(d: dist.TorchDistribution, mask: torch.Tensor) -> dist.TorchDistribution:
+    """``d`` scoring only the pixels where ``mask`` is True (masked ones contribute 0).
+
+    ``d`` must be pixels made independent with ``to_event`` (every built-in likelihood is), so
+    the mask can reach each pixel rather than whole images.
+    """
+    if not isinstance(d, dist.Independent):
+        raise ValueError(
+            f"a pixel mask needs a likelihood of independent pixels (an Independent distribution), "
+            f"not {type(d).__name__}"
+        )
+    return d.base_dist.mask(mask.bool()).to_event(d.reinterpreted_batch_ndims)
 
 
 class Likelihood(nn.Module):
@@ -136,43 +179,39 @@ class ContinuousBernoulli(Independent):
 class Gaussian(Independent):
     """Gaussian with fixed variance ``c``: −log p(x|z) = ‖x − μ(z)‖² / (2c) + const.
 
-    ``mean_fn`` maps the decoder output to μ (sigmoid keeps it in [0, 1] for images; pass the
-    identity for linear models such as probabilistic PCA).
+    μ = link(decoder output): ``"sigmoid"`` (default, for images in [0, 1]) or ``"identity"``
+    (unbounded data; linear models such as probabilistic PCA).
     """
 
-    def __init__(
-        self,
-        variance: float = 1.0,
-        mean_fn: Callable[[torch.Tensor], torch.Tensor] | None = torch.sigmoid,
-    ) -> None:
+    def __init__(self, variance: float = 1.0, link: Link = "sigmoid") -> None:
         if not variance > 0:
             raise ValueError(f"variance must be > 0, got {variance}")
         self.variance = float(variance)
-        super().__init__(dist.Normal, loc=mean_fn or _identity, scale=math.sqrt(variance))
+        mean_fn, support = _link(link)
+        super().__init__(dist.Normal, data_support=support, loc=mean_fn, scale=math.sqrt(variance))
+        self.link = link
 
 
 def GaussianIdentity(variance: float = 1.0) -> Gaussian:
     """Gaussian with fixed variance and identity mean: the linear AE / probabilistic PCA."""
-    return Gaussian(variance=variance, mean_fn=None)
+    return Gaussian(variance=variance, link="identity")
 
 
 class GaussianLearnedVariance(Likelihood):
     """Gaussian whose decoder outputs both μ and log σ² per pixel (the lecture's two heads).
 
     log σ² is clamped to ``[min_log_var, max_log_var]`` so a pixel that is always 0 cannot drive
-    the density to infinity.
+    the density to infinity; μ goes through ``link`` as for :class:`Gaussian`.
     """
 
     params_per_pixel = 2
 
     def __init__(
-        self,
-        mean_fn: Callable[[torch.Tensor], torch.Tensor] | None = torch.sigmoid,
-        min_log_var: float = -9.0,
-        max_log_var: float = 4.0,
+        self, link: Link = "sigmoid", min_log_var: float = -9.0, max_log_var: float = 4.0
     ) -> None:
         super().__init__()
-        self.mean_fn = mean_fn or _identity
+        self.mean_fn, self.data_support = _link(link)
+        self.link = link
         self.min_log_var, self.max_log_var = min_log_var, max_log_var
 
     def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
@@ -185,16 +224,14 @@ class GaussianLearnedVariance(Likelihood):
 
 
 class Laplace(Independent):
-    """Laplace with fixed scale ``b``: −log p(x|z) = ‖x − μ(z)‖₁ / b + const."""
+    """Laplace with fixed scale ``b``: −log p(x|z) = ‖x − μ(z)‖₁ / b + const; μ through ``link``."""
 
-    def __init__(
-        self,
-        scale: float = 0.1,
-        mean_fn: Callable[[torch.Tensor], torch.Tensor] | None = torch.sigmoid,
-    ) -> None:
+    def __init__(self, scale: float = 0.1, link: Link = "sigmoid") -> None:
         if not scale > 0:
             raise ValueError(f"scale must be > 0, got {scale}")
-        super().__init__(dist.Laplace, loc=mean_fn or _identity, scale=float(scale))
+        mean_fn, support = _link(link)
+        super().__init__(dist.Laplace, data_support=support, loc=mean_fn, scale=float(scale))
+        self.link = link
 
 
 #: Name → factory, used by the CLI and configs.

@@ -21,63 +21,31 @@ utility (``SVI`` and every ELBO, ``Predictive``, ``poutine``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
 from torch import nn
-from torch.nn import functional as F
 
 from .errors import DataError
-from .likelihoods import Likelihood, make_likelihood
+from .guides import GUIDES, GuideFamily, NormalGuide, make_guide
+from .likelihoods import Likelihood, make_likelihood, mask_pixels
 from .nets import make_networks
 from .priors import Prior, make_prior
+from .program import data_plate
 
 __all__ = [
-    "GUIDES",
+    "MODEL_PRESETS",
     "VAE",
     "ModelConfig",
-    "NormalGuide",
-    "PointMassGuide",
     "build_model",
+    "preset_config",
+    "reset_parameters",
 ]
-
-
-class NormalGuide:
-    """Amortised diagonal Normal q(z|x) = N(μ(x), diag σ(x)²); σ = softplus(·) + 1e-5."""
-
-    has_density = True
-
-    def encoder_out(self, latent_dim: int) -> int:
-        return 2 * latent_dim
-
-    def dist(self, h: torch.Tensor) -> dist.TorchDistribution:
-        z_loc, z_raw_scale = h.chunk(2, dim=-1)  # (batch, latent_dim) each
-        return dist.Normal(z_loc, F.softplus(z_raw_scale) + 1e-5).to_event(1)
-
-    def loc(self, h: torch.Tensor) -> torch.Tensor:
-        return h.chunk(2, dim=-1)[0]
-
-
-class PointMassGuide:
-    """Point mass q(z|x) = δ(z − f(x)): the deterministic encoder of the AE family."""
-
-    has_density = False
-
-    def encoder_out(self, latent_dim: int) -> int:
-        return latent_dim
-
-    def dist(self, h: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Delta(h, event_dim=1)
-
-    def loc(self, h: torch.Tensor) -> torch.Tensor:
-        return h
-
-
-#: Name → guide family.
-GUIDES = {"normal": NormalGuide, "delta": PointMassGuide}
 
 
 class VAE(nn.Module):
@@ -99,7 +67,7 @@ class VAE(nn.Module):
         prior: Prior,
         likelihood: Likelihood,
         image_shape: Sequence[int],
-        guide: NormalGuide | PointMassGuide | None = None,
+        guide: GuideFamily | None = None,
     ) -> None:
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
@@ -115,15 +83,16 @@ class VAE(nn.Module):
         # the likelihood learns how many trailing dims form one image from the model it serves
         self.likelihood.event_dim = event_dim
         self.likelihood._event_dim_set_by = event_dim
-        self.guide_family = guide if guide is not None else NormalGuide()
         self.latent_dim = prior.latent_dim
+        self.guide_family = guide if guide is not None else NormalGuide(self.latent_dim)
 
     # ------------------------------------------------------------------ Pyro program
     def model(
         self,
-        x: torch.Tensor,
+        x: torch.Tensor | None = None,
         x_in: torch.Tensor | None = None,
         beta: torch.Tensor | float | None = None,
+        mask: torch.Tensor | None = None,
         *,
         num_data: int | None = None,
         batch_size: int | None = None,
@@ -132,51 +101,57 @@ class VAE(nn.Module):
 
         ``num_data`` is the size of the full data set: the plate scales the mini-batch's log
         density by ``num_data / B`` so that ``-loss / num_data`` is an unbiased estimate of the
-        per-image ELBO at any batch size. ``beta`` weights the z site (β-VAE, KL warm-up); it is a
-        tensor so that JIT-compiled ELBOs see a changing value. ``x_in`` is ignored here (it is
-        what the guide's encoder sees); ``batch_size`` keys JIT graphs per batch shape.
+        per-image ELBO at any batch size. ``beta`` weights the prior's sites (β-VAE, KL warm-up);
+        it is a tensor so that JIT-compiled ELBOs see a changing value. ``mask`` (broadcastable
+        to ``x``, True = observed) makes the model score only those pixels: the basis for
+        inpainting. ``x_in`` is what the guide's encoder sees and is ignored here. Without data
+        (``x=None``) the model generates ``batch_size`` images (prior predictive).
         """
         for name, module in self.pyro_modules("model"):
             pyro.module(name, module)
-        with self._data_plate(x, num_data, batch_size):
+        with data_plate(x, num_data, batch_size=batch_size):
             with _maybe_scale(beta):
-                z = pyro.sample("z", self.prior())
+                z = self.prior.sample_latent("z")
             out = self.decoder(z)  # (..., B, k*C, H, W)
-            return pyro.sample("x", self.likelihood(out), obs=x)
+            likelihood = self.likelihood(out)
+            if mask is not None:
+                likelihood = mask_pixels(likelihood, mask)
+            return pyro.sample("x", likelihood, obs=x)
 
     def guide(
         self,
-        x: torch.Tensor,
+        x: torch.Tensor | None = None,
         x_in: torch.Tensor | None = None,
         beta: torch.Tensor | float | None = None,
+        mask: torch.Tensor | None = None,
         *,
         num_data: int | None = None,
         batch_size: int | None = None,
     ) -> torch.Tensor:
-        """q(z | x̃): encodes ``x_in`` (a corrupted copy for the denoising AE) or else ``x``."""
+        """q(z | x̃): encodes ``x_in`` (a corrupted copy for the denoising AE) or else ``x``.
+
+        The guide sees the whole of ``x_in``/``x`` whatever ``mask`` says: to infer z from
+        visible pixels only, condition the model (MCMC) or refit a guide on them.
+        """
+        if x is None and x_in is None:
+            raise ValueError(
+                "the guide encodes data and got none; to generate without data use the model "
+                "alone, e.g. pyro.infer.Predictive(vae.model, num_samples=n)(None, batch_size=b)"
+            )
         for name, module in self.pyro_modules("guide"):
             pyro.module(name, module)
-        with self._data_plate(x, num_data, batch_size):
+        with data_plate(x if x is not None else x_in, num_data):
             h = self.encoder(x if x_in is None else x_in)
             with _maybe_scale(beta):
                 return pyro.sample("z", self.guide_family.dist(h))
 
     def pyro_modules(self, which: str = "all") -> list[tuple[str, nn.Module]]:
-        """Stable param-store names of the sub-modules used by ``model``, ``guide`` or ``all``."""
+        """Param-store names of the sub-modules with parameters used by ``model``, ``guide`` or
+        ``all``: every parameter of the VAE is reached by one of them (``fit`` checks)."""
         model = [("decoder", self.decoder), ("prior", self.prior), ("likelihood", self.likelihood)]
-        model = [(n, m) for n, m in model if any(True for _ in m.parameters())]
-        guide = [("encoder", self.encoder)]
-        return {"model": model, "guide": guide, "all": model + guide}[which]
-
-    def _data_plate(
-        self, x: torch.Tensor, num_data: int | None, batch_size: int | None
-    ) -> pyro.plate:
-        b = x.shape[0]
-        if batch_size is not None and batch_size != b:
-            raise ValueError(f"batch_size={batch_size} but x holds {b} images")
-        if num_data is None or num_data == b:
-            return pyro.plate("data", b, dim=-1)
-        return pyro.plate("data", num_data, subsample=torch.arange(b, device=x.device), dim=-1)
+        guide = [("encoder", self.encoder), ("guide", self.guide_family)]
+        pick = {"model": model, "guide": guide, "all": model + guide}[which]
+        return [(n, m) for n, m in pick if any(True for _ in m.parameters())]
 
     # ------------------------------------------------------------------ use
     @property
@@ -199,15 +174,16 @@ class VAE(nn.Module):
         """decode(encode(x̃)): the reconstruction shown in figures and scored by MSE."""
         return self.decode(self.encode(x if x_in is None else x_in))
 
-    def sample(self, n: int) -> torch.Tensor:
-        """``n`` images decoded from prior draws (improper priors raise: fit a density first)."""
+    def sample(self, n: int, *, mean: bool = True) -> torch.Tensor:
+        """``n`` images from prior draws z ~ p(z): the means E[x | z] (what figures show) or, with
+        ``mean=False``, draws x ~ p(x | z). Improper priors raise: fit a density on the codes."""
         if not self.can_sample:
             raise ValueError(
                 f"cannot sample from the {type(self.prior).__name__} prior; fit a density on the "
                 "training codes (ppl_vae.latent) and decode its samples instead"
             )
-        z = self.prior().sample((n,))
-        return self.decode(z)
+        out = self.decoder(self.prior().sample((n,)))
+        return self.likelihood.mean(out) if mean else self.likelihood(out).sample()
 
     def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 10) -> torch.Tensor:
         """Decode codes on the line between encode(x1) and encode(x2): ``(B, steps, *image)``."""
@@ -237,15 +213,22 @@ class VAE(nn.Module):
         if bad.any():
             first = int(bad.flatten(1).any(1).nonzero()[0])
             raise DataError(
-                f"{what} contains {int(bad.sum())} NaN/Inf values (first in image {first})"
+                f"{what} contains {int(bad.sum())} NaN/Inf values (first in data point {first})"
             )
         ok = self.likelihood.data_support.check(x)
         if not ok.all():
             first = int((~ok).flatten(1).any(1).nonzero()[0])
+            hint = ""
+            if getattr(self.likelihood, "link", None) == "sigmoid":
+                hint = (
+                    "; for unbounded data give the likelihood the identity mean link "
+                    "(likelihood_kwargs={'link': 'identity'}, --likelihood-kwargs link=identity)"
+                )
             raise DataError(
                 f"{what} lies outside the support of the {type(self.likelihood).__name__} "
                 f"likelihood ({self.likelihood.data_support}): values span "
-                f"[{x.min().item():.4g}, {x.max().item():.4g}], first offending image {first}"
+                f"[{x.min().item():.4g}, {x.max().item():.4g}], first offending data point {first}"
+                + hint
             )
 
 
@@ -255,28 +238,31 @@ def _describe(x: object) -> str:
     return type(x).__name__
 
 
-class _maybe_scale:
-    """``poutine.scale`` that costs nothing when β is absent (the common case)."""
+def _maybe_scale(beta: torch.Tensor | float | None) -> Any:
+    """``poutine.scale`` by β, or nothing at all when β is absent (the common case)."""
+    if beta is None or (isinstance(beta, float) and beta == 1.0):
+        return nullcontext()
+    return poutine.scale(scale=beta)
 
-    def __init__(self, beta: torch.Tensor | float | None) -> None:
-        self.messenger = (
-            None
-            if beta is None or (isinstance(beta, float) and beta == 1.0)
-            else (poutine.scale(scale=beta))
-        )
 
-    def __enter__(self) -> None:
-        if self.messenger is not None:
-            self.messenger.__enter__()
+#: Named model families: the same model/guide pair with different parts. ``corruption`` is the
+#: default training corruption (what the guide's encoder sees); ``gmvae`` sums its mixture
+#: component out by enumeration (the ``auto`` objective picks ``TraceEnum_ELBO`` for it).
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "vae": {"guide": "normal", "prior": "normal"},
+    "ae": {"guide": "delta", "prior": "flat"},
+    "dae": {"guide": "delta", "prior": "flat", "corruption": "dropout:0.5"},
+    "sparse-ae": {"guide": "delta", "prior": "laplace"},
+    "gmvae": {"guide": "normal", "prior": "gmm"},
+}
 
-    def __exit__(self, *exc: object) -> None:
-        if self.messenger is not None:
-            self.messenger.__exit__(*exc)
+Kwargs = dict[str, float | str]
 
 
 @dataclass
 class ModelConfig:
-    """What to build; every field is a registry name or a number, so it serialises to JSON.
+    """What to build; every field is a registry name, a number or a string, so it serialises to
+    JSON and a run can be rebuilt from its checkpoint (:func:`~ppl_vae.load_model`).
 
     ``hidden`` sizes the MLP's hidden layers (two of 512 by default: wider and deeper than the
     PyTorch example's single 400, which is what takes 10 epochs past −105 nats).
@@ -288,8 +274,9 @@ class ModelConfig:
     net: str = "mlp"
     guide: str = "normal"
     hidden: tuple[int, ...] = (512, 512)
-    prior_kwargs: dict[str, float] = field(default_factory=dict)
-    likelihood_kwargs: dict[str, float] = field(default_factory=dict)
+    prior_kwargs: Kwargs = field(default_factory=dict)
+    likelihood_kwargs: Kwargs = field(default_factory=dict)
+    guide_kwargs: Kwargs = field(default_factory=dict)
 
     def validate(self) -> None:
         if not isinstance(self.latent_dim, int) or self.latent_dim <= 0:
@@ -298,21 +285,92 @@ class ModelConfig:
             raise ValueError(f"unknown guide {self.guide!r}; choose one of {sorted(GUIDES)}")
 
 
-def build_model(config: ModelConfig, image_shape: Sequence[int]) -> VAE:
-    """Build a :class:`VAE` from registry names (what the CLI and experiment scripts use)."""
+def build_model(config: ModelConfig, image_shape: Sequence[int], *, seed: int | None = None) -> VAE:
+    """Build a :class:`VAE` from registry names (what the CLI and experiment scripts use).
+
+    With ``seed`` the initial weights are a function of the seed alone (:func:`reset_parameters`),
+    whatever random numbers were drawn before; without it they come from torch's global stream.
+    """
     config.validate()
-    prior = make_prior(config.prior, config.latent_dim, **config.prior_kwargs)
-    likelihood = make_likelihood(config.likelihood, **config.likelihood_kwargs)
-    guide = GUIDES[config.guide]()
-    c, *rest = image_shape
-    decoder_shape = (likelihood.params_per_pixel * c, *rest)
-    kwargs = {"hidden": tuple(config.hidden)} if config.net == "mlp" else {}
-    encoder, decoder = make_networks(
-        config.net,
-        image_shape,
-        config.latent_dim,
-        guide.encoder_out(config.latent_dim),
-        decoder_shape,
-        **kwargs,
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:  # any draw while building (a part's own buffers) follows the seed
+            torch.manual_seed(seed)
+        prior = make_prior(config.prior, config.latent_dim, **config.prior_kwargs)
+        likelihood = make_likelihood(config.likelihood, **config.likelihood_kwargs)
+        guide = make_guide(config.guide, config.latent_dim, **config.guide_kwargs)
+        c, *rest = image_shape
+        decoder_shape = (likelihood.params_per_pixel * c, *rest)
+        kwargs = {"hidden": tuple(config.hidden)} if config.net == "mlp" else {}
+        encoder, decoder = make_networks(
+            config.net,
+            image_shape,
+            config.latent_dim,
+            guide.encoder_out(config.latent_dim),
+            decoder_shape,
+            **kwargs,
+        )
+        model = VAE(encoder, decoder, prior, likelihood, image_shape, guide)
+    model.config = config  # the recipe checkpoints keep, so load_model can rebuild the model
+    if seed is not None:
+        reset_parameters(model, seed)
+    return model
+
+
+def reset_parameters(module: nn.Module, seed: int) -> nn.Module:
+    """Re-initialise every parameter of ``module`` in place, as a function of ``seed`` alone.
+
+    Calls ``reset_parameters()`` of each sub-module that has one (torch's layers, the library's
+    priors and flows), in module order, from a generator state set by ``seed``; the caller's
+    random streams are left as they were. A sub-module that owns parameters but cannot reset them
+    raises: rebuild it instead.
+    """
+    params = list(module.parameters())
+    devices = sorted({p.device.index or 0 for p in params if p.is_cuda})
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for name, piece in module.named_modules():
+            own = any(True for _ in piece.parameters(recurse=False))
+            if hasattr(piece, "reset_parameters"):
+                piece.reset_parameters()
+            elif own:
+                raise ValueError(
+                    f"cannot re-initialise {name or type(module).__name__} "
+                    f"({type(piece).__name__}): it owns parameters but has no reset_parameters(); "
+                    "build a new model instead"
+                )
+    return module
+
+
+def preset_config(
+    family: str,
+    base: ModelConfig | None = None,
+    *,
+    guide: str | None = None,
+    prior: str | None = None,
+    sparsity_lambda: float | None = None,
+) -> ModelConfig:
+    """``base`` with the guide and prior of the model family ``family`` (:data:`MODEL_PRESETS`),
+    unless ``guide``/``prior`` name others. ``sparsity_lambda`` is the sparse AE's L1 weight λ on
+    the codes: a Laplace prior of scale b = 1/λ, since −log Laplace(z; 0, b) = ‖z‖₁/b + const.
+    """
+    if family not in MODEL_PRESETS:
+        raise ValueError(f"unknown model family {family!r}; choose one of {sorted(MODEL_PRESETS)}")
+    preset = MODEL_PRESETS[family]
+    config = replace(
+        base or ModelConfig(),
+        guide=guide or preset["guide"],
+        prior=prior or preset["prior"],
+        prior_kwargs=dict((base or ModelConfig()).prior_kwargs),
     )
-    return VAE(encoder, decoder, prior, likelihood, image_shape, guide)
+    if sparsity_lambda is not None:
+        if config.prior != "laplace":
+            raise ValueError(
+                f"a sparsity λ needs the Laplace prior (the sparse-ae family), not {config.prior!r}"
+            )
+        if not sparsity_lambda > 0:
+            raise ValueError(f"the sparsity λ must be > 0, got {sparsity_lambda}")
+        if "scale" in config.prior_kwargs:
+            raise ValueError("give either a sparsity λ or the Laplace prior's scale b, not both")
+        config.prior_kwargs["scale"] = 1.0 / sparsity_lambda
+    config.validate()
+    return config

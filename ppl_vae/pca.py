@@ -15,8 +15,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .guides import PointMassGuide
 from .likelihoods import Gaussian
-from .model import VAE, PointMassGuide
+from .model import VAE
 from .nets import MLPDecoder, MLPEncoder
 from .priors import Flat
 
@@ -167,7 +168,7 @@ def linear_autoencoder(
         encoder,
         decoder,
         Flat(latent_dim),
-        Gaussian(variance=variance, mean_fn=None),
+        Gaussian(variance=variance, link="identity"),
         image_shape,
         PointMassGuide(),
     )

@@ -103,28 +103,61 @@ def save_elbo_curves(history: History, path: str | Path, title: str = "") -> Pat
 
 @torch.no_grad()
 def save_run_figures(
-    model: VAE, test_x: torch.Tensor, history: History, out: str | Path, n: int = 16
+    model: VAE,
+    test_x: torch.Tensor,
+    history: History,
+    out: str | Path,
+    *,
+    train_x: torch.Tensor | None = None,
+    corruption: str | None = None,
+    seed: int = 0,
+    n: int = 16,
 ) -> list[Path]:
-    """The main job's figures: reconstructions, prior samples (if the prior can sample), curves."""
+    """The main job's figures: reconstructions, samples and ELBO curves.
+
+    Samples come from the prior when it can be sampled and, for the AE family (point-mass guide,
+    codes not distributed like any prior), from a 10-component Gaussian mixture fitted to the
+    codes of ``train_x``. With a ``corruption`` spec,
+    a third figure shows corrupted test images and their reconstructions. Draws are seeded by
+    ``seed`` without touching the caller's random streams.
+    """
+    from .corruptions import corrupt, make_corruption
+    from .latent import GMMDensity, encode_dataset, sample_images
+    from .metrics import eval_mode
+
     out = Path(out)
-    model.eval()
     x = test_x[:n]
-    paths = [
-        save_image_rows(
-            [x, model.reconstruct(x)],
-            ["test images", "reconstructions"],
-            out / "reconstructions.png",
-            "Test images and their reconstructions",
-        )
-    ]
-    if model.can_sample:
-        torch.manual_seed(0)
+    paths = []
+    with eval_mode(model), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
         paths.append(
-            save_grid(
-                model.sample(64), 8, out / "samples.png", "Decoded prior samples E[x | z], z ~ p(z)"
+            save_image_rows(
+                [x, model.reconstruct(x)],
+                ["test images", "reconstructions"],
+                out / "reconstructions.png",
+                "Test images and their reconstructions",
             )
         )
+        if model.can_sample:
+            title = "Decoded prior samples E[x | z], z ~ p(z)"
+            paths.append(save_grid(model.sample(64), 8, out / "samples.png", title))
+        if not model.guide_family.has_density and train_x is not None:
+            codes = encode_dataset(model, train_x[:10_000])
+            density = GMMDensity(min(10, codes.shape[0]), seed=seed).fit(codes)
+            gen = torch.Generator(device=codes.device).manual_seed(seed)
+            title = "Decoded samples of a 10-component GMM fitted to the training codes"
+            images = sample_images(model, density, 64, generator=gen)
+            paths.append(save_grid(images, 8, out / "latent_samples.png", title))
+        if corruption is not None:
+            x_t = corrupt(x, make_corruption(corruption), seed=seed)
+            paths.append(
+                save_image_rows(
+                    [x, x_t.clamp(0, 1), model.reconstruct(x, x_t)],
+                    ["test images", "corrupted", "reconstructed"],
+                    out / "denoising.png",
+                    f"Reconstructions of corrupted test images ({corruption})",
+                )
+            )
     if history.epoch:
         paths.append(save_elbo_curves(history, out / "elbo_curves.png"))
-    model.train()
     return paths

@@ -6,12 +6,18 @@ A prior is an ``nn.Module`` with an integer attribute ``latent_dim`` whose ``for
 Pyro distribution with ``event_shape == (latent_dim,)`` and empty batch shape. Constants live in
 buffers and learnable values in parameters, so ``.to(device)`` moves them and ``pyro.module``
 trains them. :class:`Independent` builds such a prior from *any* Pyro distribution class.
+
+The model draws the code with ``prior.sample_latent("z")``, which by default is
+``pyro.sample("z", prior())``; a prior with auxiliary latents overrides it (the enumerated
+mixture :class:`GaussianMixture` samples its component ``"c"`` first, for ``TraceEnum_ELBO`` to
+sum out). ``reset_parameters()`` re-initialises learnable values (``build_model(seed=…)``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
@@ -20,6 +26,7 @@ from torch import nn
 __all__ = [
     "PRIORS",
     "Flat",
+    "GaussianMixture",
     "Independent",
     "Laplace",
     "MixtureOfGaussians",
@@ -36,6 +43,9 @@ class Prior(nn.Module):
     latent_dim: int
     #: False for improper priors, which can score codes but not draw them.
     can_sample: bool = True
+    #: True for priors whose sample_latent has discrete sites to enumerate (the auto objective
+    #: picks TraceEnum_ELBO).
+    enumerated: bool = False
 
     def __init__(self, latent_dim: int) -> None:
         super().__init__()
@@ -45,6 +55,10 @@ class Prior(nn.Module):
 
     def forward(self) -> dist.TorchDistribution:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def sample_latent(self, name: str) -> torch.Tensor:
+        """Sample the code at site ``name`` inside the model (and any auxiliary sites)."""
+        return pyro.sample(name, self())
 
 
 class Independent(Prior):
@@ -68,14 +82,25 @@ class Independent(Prior):
         self._names = tuple(params)
         arg_constraints = getattr(family, "arg_constraints", {})
         self._positive = {n for n in self._names if arg_constraints.get(n) is constraints.positive}
-        for name, value in params.items():
-            t = torch.full((latent_dim,), float(value))
+        self._values = {name: float(value) for name, value in params.items()}
+        for name, value in self._values.items():
+            t = torch.full((latent_dim,), value)
             if learnable:
-                if name in self._positive:
-                    t = torch.log(torch.expm1(t))  # inverse softplus
                 setattr(self, name, nn.Parameter(t))
             else:
                 self.register_buffer(name, t)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Learnable values back to the constructor's (positive ones through inverse softplus)."""
+        if not self.learnable:
+            return
+        with torch.no_grad():
+            for name, value in self._values.items():
+                t = torch.tensor(value)
+                getattr(self, name).fill_(
+                    torch.log(torch.expm1(t)) if name in self._positive else t
+                )
 
     def forward(self) -> dist.TorchDistribution:
         kwargs = {}
@@ -135,16 +160,41 @@ class MixtureOfGaussians(Prior):
         super().__init__(latent_dim)
         if n_components <= 0 or n_components != int(n_components):
             raise ValueError(f"n_components must be a positive integer, got {n_components}")
-        n_components, seed = int(n_components), int(seed)
-        g = torch.Generator().manual_seed(seed)
-        self.logits = nn.Parameter(torch.zeros(n_components))
-        self.locs = nn.Parameter(torch.randn(n_components, latent_dim, generator=g))
-        self.raw_scales = nn.Parameter(torch.full((n_components, latent_dim), 0.5413))  # softplus→1
+        self.n_components, self.seed = int(n_components), int(seed)
+        self.logits = nn.Parameter(torch.zeros(self.n_components))
+        self.locs = nn.Parameter(torch.zeros(self.n_components, latent_dim))
+        self.raw_scales = nn.Parameter(torch.zeros(self.n_components, latent_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Means from N(0, I) drawn with the prior's own ``seed``, scales 1, uniform weights."""
+        g = torch.Generator().manual_seed(self.seed)
+        with torch.no_grad():
+            self.logits.zero_()
+            self.locs.copy_(torch.randn(self.locs.shape, generator=g))
+            self.raw_scales.fill_(0.5413)  # softplus(0.5413) = 1
 
     def forward(self) -> dist.TorchDistribution:
         mix = dist.Categorical(logits=self.logits)
         comp = dist.Normal(self.locs, nn.functional.softplus(self.raw_scales)).to_event(1)
         return dist.MixtureSameFamily(mix, comp)
+
+
+class GaussianMixture(MixtureOfGaussians):
+    """The same learnable mixture with its component as an explicit latent: the Gaussian-mixture
+    VAE's prior, c ~ Categorical(π), z | c ~ N(μ_c, diag σ_c²).
+
+    The model samples ``"c"`` marked for parallel enumeration, so ``TraceEnum_ELBO`` sums it out
+    exactly (the guide need not sample it): the loss equals the one of the marginal mixture
+    density ``forward()`` returns, which is what sampling and :mod:`ppl_vae.latent` use.
+    """
+
+    enumerated = True
+
+    def sample_latent(self, name: str) -> torch.Tensor:
+        c = pyro.sample("c", dist.Categorical(logits=self.logits), infer={"enumerate": "parallel"})
+        scales = nn.functional.softplus(self.raw_scales)
+        return pyro.sample(name, dist.Normal(self.locs[c], scales[c]).to_event(1))
 
 
 #: Name → factory ``f(latent_dim) -> Prior``, used by the CLI and configs.
@@ -153,6 +203,7 @@ PRIORS: dict[str, Callable[[int], Prior]] = {
     "laplace": Laplace,
     "student-t": StudentT,
     "mixture": MixtureOfGaussians,
+    "gmm": GaussianMixture,
     "flat": Flat,
 }
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
 
 import pyro
 import pytest
 import torch
+
+# the benchmark's hand-written reference loop lives in the scripts folder, not in the package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 @pytest.fixture(autouse=True)

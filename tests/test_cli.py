@@ -75,9 +75,3 @@ def test_cli_bad_options_fail_clearly(tmp_path: Path, args, message):
     assert r.returncode == 2
     assert message in r.stderr
     assert "Traceback" not in r.stderr
-
-
-def test_benchmark_is_reachable_from_the_cli():
-    r = _cli("benchmark", "--help")
-    assert r.returncode == 0 and "--objectives" in r.stdout
-    assert "benchmark" in _cli("--help").stdout

@@ -12,11 +12,10 @@ import torch.distributions as td
 from torch import nn
 from torch.nn import functional as F
 
-from ppl_vae import TrainConfig, build_model, fit
+from ppl_vae import VAE, ModelConfig, PointMassGuide, TrainConfig, build_model, fit
 from ppl_vae import likelihoods as L
 from ppl_vae import priors as P
 from ppl_vae.evaluate import elbo
-from ppl_vae.model import VAE, ModelConfig, PointMassGuide
 from ppl_vae.nets import MLPDecoder, MLPEncoder
 
 D = 5
@@ -87,7 +86,7 @@ def _x(b: int = 6) -> torch.Tensor:
             lambda o, x: td.Normal(torch.sigmoid(o), math.sqrt(0.3)).log_prob(x),
         ),
         (
-            L.Gaussian(variance=2.0, mean_fn=None),
+            L.Gaussian(variance=2.0, link="identity"),
             lambda o, x: td.Normal(o, math.sqrt(2.0)).log_prob(x),
         ),
         (L.Laplace(scale=0.2), lambda o, x: td.Laplace(torch.sigmoid(o), 0.2).log_prob(x)),
@@ -105,7 +104,7 @@ def test_likelihood_log_prob_matches_torch(lik, reference):
 def test_gaussian_fixed_variance_is_scaled_mse():
     c = 0.25
     out, x = torch.randn(6, *IMG), _x()
-    lp = L.Gaussian(variance=c, mean_fn=None)(out).log_prob(x)
+    lp = L.Gaussian(variance=c, link="identity")(out).log_prob(x)
     d = math.prod(IMG)
     expected = -((x - out) ** 2).flatten(1).sum(1) / (2 * c) - d / 2 * math.log(2 * math.pi * c)
     torch.testing.assert_close(lp, expected)

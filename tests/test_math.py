@@ -12,11 +12,11 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch.nn import functional as F
 
 from ppl_vae import likelihoods as L
+from ppl_vae import make_elbo
 from ppl_vae import priors as P
 from ppl_vae.evaluate import elbo, elbo_per_image, log_likelihood
 from ppl_vae.model import VAE, ModelConfig, build_model
 from ppl_vae.nets import MLPDecoder, MLPEncoder
-from ppl_vae.train import make_elbo
 
 IMG = (1, 4, 4)
 
@@ -137,7 +137,7 @@ class PPCA:
     def vae(self, exact_posterior: bool = True) -> VAE:
         enc = MLPEncoder((self.d,), 2 * self.k, hidden=())
         dec = MLPDecoder(self.k, (self.d,), hidden=())
-        lik = L.Gaussian(variance=self.sigma**2, mean_fn=None)
+        lik = L.Gaussian(variance=self.sigma**2, link="identity")
         model = VAE(enc, dec, P.Normal(self.k), lik, (self.d,)).double()
         m = self.W.T @ self.W + self.sigma**2 * torch.eye(self.k, dtype=torch.float64)
         a = torch.linalg.solve(m, self.W.T)  # (k, d): posterior mean map

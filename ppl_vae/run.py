@@ -1,0 +1,275 @@
+"""Run folders: train a model and write everything about it; evaluate or sample a finished run.
+
+A run folder holds::
+
+    RUN/checkpoint.pt     parameters, optimiser state, history, config and the model's recipe
+    RUN/config.json       the settings, for people
+    RUN/metrics.json      test ELBO (and what it means), IS log p(x), MSE, PSNR, bits/dim,
+                          per-epoch losses: the same for the same settings and seed, so two runs
+                          can be compared byte for byte
+    RUN/timing.json       seconds per epoch and for the whole invocation (machine-dependent)
+    RUN/*.png             reconstructions, samples, ELBO curves (and corrupted inputs)
+
+:func:`train_run` is what ``ppl-vae train`` (and ``make run``) does; :func:`evaluate_run` and
+:func:`sample_run` are ``ppl-vae evaluate RUN`` and ``ppl-vae sample RUN``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
+from .data import ImageData, load_dataset
+from .errors import CheckpointError
+from .evaluate import evaluate, image_metrics
+from .metrics import eval_mode
+from .model import MODEL_PRESETS, ModelConfig, build_model
+from .objectives import objective_name, resolve_objective
+from .train import TrainConfig, fit, resolve_device
+
+__all__ = ["RunConfig", "evaluate_run", "load_run_data", "sample_run", "train_run", "write_json"]
+
+
+@dataclass
+class RunConfig:
+    """Everything about a run that is neither the model nor the optimisation."""
+
+    #: A :data:`~ppl_vae.model.MODEL_PRESETS` name: what the run is called, and the default
+    #: training corruption (the DAE's).
+    model_family: str = "vae"
+    dataset: str = "mnist"
+    data_root: str | None = None
+    #: First N training / test images (None: all).
+    train_size: int | None = None
+    test_size: int | None = None
+    #: What the guide's encoder sees in training (a corruption spec); None: the family's default.
+    corruption: str | None = None
+    #: Also score reconstructions of test images corrupted so; None: the training corruption.
+    eval_corruption: str | None = None
+    iw_samples: int = 1000
+    iw_images: int | None = 1000
+    figures: bool = True
+    progress: bool = True
+    #: The run folder; None: ``runs/FAMILY-DATASET-TIMESTAMP`` (never an existing one).
+    out: Path | None = None
+    resume: bool = False
+
+    def corruptions(self) -> tuple[str | None, str | None]:
+        """(training, evaluation) corruption specs; ``none`` and absent both give None."""
+        train = self.corruption
+        if train is None:
+            train = MODEL_PRESETS[self.model_family].get("corruption")
+        train = _spec(train)
+        evaluation = _spec(self.eval_corruption) if self.eval_corruption is not None else train
+        return train, evaluation
+
+
+def _spec(spec: str | None) -> str | None:
+    return None if spec is None or spec.strip().lower() in ("", "none") else spec
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def load_run_data(
+    dataset: str,
+    root: str | None,
+    train_size: int | None,
+    test_size: int | None,
+    device: torch.device | str = "cpu",
+) -> ImageData:
+    """The data set of a run: the first ``train_size``/``test_size`` images (None or 0: all)."""
+    data = load_dataset(dataset, root, device=device)
+    return data.subset(train_size or None, test_size or None)
+
+
+def _run_folder(rc: RunConfig) -> Path:
+    if rc.resume and rc.out is None:
+        raise ValueError("--resume needs --out RUN_FOLDER (the run to continue)")
+    if rc.out is not None:
+        return Path(rc.out)
+    out = Path("runs") / f"{rc.model_family}-{rc.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return out.with_name(f"{out.name}-{os.getpid()}") if out.exists() else out
+
+
+def _check_resumable(ckpt: Path, run_config: dict[str, Any]) -> None:
+    """A run resumes only with the settings that made it: same model, data and corruption."""
+    saved = load_checkpoint(ckpt)["config"]
+    for key, value in run_config.items():
+        if _jsonable(saved.get(key)) != _jsonable(value):
+            what = "model settings " if key == "model" else f"{key}="
+            raise CheckpointError(
+                f"{ckpt} was trained with {what}{saved.get(key)!r}, not {value!r}; pass the same "
+                "options to resume it"
+            )
+
+
+def _jsonable(obj: Any) -> Any:
+    """Normalise tuples to lists etc. so configs compare equal however they were stored."""
+    return json.loads(json.dumps(obj))
+
+
+def train_run(
+    mc: ModelConfig, tc: TrainConfig, rc: RunConfig, data: ImageData | None = None
+) -> dict[str, Any]:
+    """Train, evaluate and write one run folder (see the module docstring); return the metrics."""
+    train_spec, eval_spec = rc.corruptions()
+    out = _run_folder(rc)
+    ckpt = out / CHECKPOINT_NAME
+    run_config = {
+        "model": asdict(mc),
+        "model_family": rc.model_family,
+        "corruption": train_spec,
+        "dataset": rc.dataset,
+        "train_size": rc.train_size,
+        "test_size": rc.test_size,
+    }
+    if rc.resume:
+        _check_resumable(ckpt, run_config)
+    elif ckpt.exists():
+        raise CheckpointError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(tc.device)
+    print(f"ppl-vae: {rc.model_family} on {rc.dataset}, device {device}, run folder {out}")
+    if data is None:
+        data = load_run_data(rc.dataset, rc.data_root, rc.train_size, rc.test_size, device)
+    model = build_model(mc, data.image_shape, seed=tc.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    objective = resolve_objective(tc.objective, model, device)
+    print(
+        f"model: {mc.net} encoder/decoder, latent {mc.latent_dim}, prior {mc.prior}, "
+        f"likelihood {mc.likelihood}, guide {mc.guide}"
+        + (f", corruption {train_spec}" if train_spec else "")
+        + f"; {n_params:,} parameters; objective {objective}"
+        + (" (auto)" if tc.objective == "auto" else "")
+    )
+    write_json(out / "config.json", {**run_config, "train": asdict(tc)})
+    # The corruption's own generator is seeded, so a fresh run is reproducible; on resume fit
+    # continues it from the state saved in the checkpoint.
+    from .corruptions import make_corruption
+
+    corruption = make_corruption(train_spec, seed=tc.seed) if train_spec else None
+    t0 = time.perf_counter()
+    history = fit(
+        model,
+        data.train_x,
+        tc,
+        test_x=data.test_x,
+        corruption=corruption,
+        checkpoint_path=ckpt,
+        resume=rc.resume,
+        extra_state=run_config,
+        progress=rc.progress,
+    )
+    train_seconds = time.perf_counter() - t0
+    print("evaluating on the test set ...")
+    metrics = evaluate(
+        model, data.test_x, iw_samples=rc.iw_samples, iw_images=rc.iw_images, progress=rc.progress
+    )
+    with eval_mode(model):
+        metrics.update(image_metrics(model, data.test_x, eval_spec, tc.seed))
+    history_record = {k: v for k, v in history.to_dict().items() if k != "seconds"}
+    metrics.update(
+        {
+            "dataset": rc.dataset,
+            "model_family": rc.model_family,
+            "corruption": train_spec,
+            "num_parameters": n_params,
+            "objective": objective if isinstance(objective, str) else objective_name(objective),
+            "epochs": len(history.epoch),
+            "device": str(device),
+            "torch": torch.__version__,
+            "history": history_record,
+        }
+    )
+    write_json(out / "metrics.json", metrics)
+    write_json(
+        out / "timing.json",
+        {
+            "train_seconds_this_invocation": train_seconds,
+            "seconds_per_epoch": history.seconds,
+        },
+    )
+    if rc.figures:
+        from .plots import save_run_figures
+
+        for path in save_run_figures(
+            model,
+            data.test_x,
+            history,
+            out,
+            train_x=data.train_x,
+            corruption=eval_spec,
+            seed=tc.seed,
+        ):
+            print(f"figure: {path}")
+    print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
+    print(f"metrics: {out / 'metrics.json'}")
+    return {**metrics, "train_seconds_this_invocation": train_seconds}
+
+
+def _run_settings(run: Path) -> dict[str, Any]:
+    return load_checkpoint(run)["config"]
+
+
+def evaluate_run(
+    run: str | Path,
+    *,
+    iw_samples: int = 1000,
+    iw_images: int | None = None,
+    data_root: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Reload a run's model and score it on its test set; writes ``RUN/evaluation.json``."""
+    run = Path(run)
+    dev = resolve_device(device)
+    model = load_model(run, device=dev)
+    saved = _run_settings(run)
+    data = load_run_data(saved["dataset"], data_root, None, saved.get("test_size"), dev)
+    metrics = evaluate(
+        model, data.test_x, iw_samples=iw_samples, iw_images=iw_images, progress=progress
+    )
+    metrics.update(image_metrics(model, data.test_x, saved.get("corruption"), seed=0))
+    write_json(run / "evaluation.json", metrics)
+    return metrics
+
+
+def sample_run(
+    run: str | Path,
+    n: int = 64,
+    *,
+    out: str | Path | None = None,
+    mean: bool = True,
+    seed: int = 0,
+    device: str = "auto",
+) -> Path:
+    """Reload a run's model and write a grid of ``n`` samples (means E[x|z], or draws x ~ p(x|z)
+    with ``mean=False``) to ``out`` (default ``RUN/samples-SEED.png``)."""
+    from .plots import save_grid
+
+    run = Path(run)
+    model = load_model(run, device=resolve_device(device))
+    if len(model.image_shape) != 3:
+        raise ValueError(
+            f"sample grids need image data; this run's data have shape {model.image_shape}"
+        )
+    path = Path(out) if out is not None else run / f"samples-{seed}.png"
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        images = model.sample(n, mean=mean)
+    kind = "means E[x | z]" if mean else "draws x ~ p(x | z)"
+    return save_grid(images, max(1, int(n**0.5)), path, f"{n} samples ({kind}), z ~ p(z)")
