@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from measure import PeakMemory, environment
 from reference import ANALYTIC_KL
-from timing import BenchConfig, time_log_likelihood, time_training, trained_mlp
+from timing import BenchConfig, time_log_likelihood, time_streaming, time_training, trained_mlp
 
 from ppl_vae import VAE, load_dataset, resolve_device
 
@@ -69,6 +69,14 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = print) -> di
                 f"({row['images_per_second']:.1f} images/s), mean {row['log_likelihood']:.2f} "
                 f"nats, peak {row['peak_mib']:.0f} MiB ({row['above_start_mib']:+.0f} MiB)"
             )
+    results["streaming"] = []
+    for workers in (None, *config.stream_workers) if config.stream_workers else ():
+        row = time_streaming(train_x, workers, config, device)
+        results["streaming"].append(row)
+        log(
+            f"mlp, {row['path']}: {row['seconds']:.2f}s/epoch, "
+            f"{row['images_per_second']:.0f} images/s (train loss {row['train_loss']:.3f})"
+        )
     if config.out is not None:
         out = Path(config.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -180,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.seed_reference,
         help="nets for which an extra hand-written loop from seed+1 gives the "
         "seed-to-seed scatter of the test ELBO ('' skips it)",
+    )
+    p.add_argument(
+        "--stream-workers",
+        type=_ints,
+        default=(),
+        help="also time an epoch streamed from a Dataset with these DataLoader worker counts "
+        "against the in-memory tensor, e.g. 0,2",
     )
     p.add_argument("--out", default=None, help="write the results to this JSON file")
     return p

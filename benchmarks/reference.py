@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ppl_vae import EpochBatches
+
 __all__ = ["ANALYTIC_KL", "HandWrittenVAE", "fastest_adam"]
 
 #: The objectives whose loss :class:`HandWrittenVAE` computes, and whether with the analytic KL.
@@ -50,19 +52,22 @@ class HandWrittenVAE:
         self.analytic_kl = analytic_kl
         params = [*model.encoder.parameters(), *model.decoder.parameters()]
         self.optimizer = fastest_adam(params, lr)
-        # fit(seed=s) draws its batch order from Generator(device).manual_seed(s) and its noise
-        # from the global RNG seeded with s; two generators seeded alike replay both streams, so
-        # from the same initial weights the two loops follow the same trajectory (up to rounding)
-        self.order = torch.Generator(device=train_x.device).manual_seed(seed)
+        # fit(seed=s) visits the batches of ppl_vae.batching.EpochBatches(seed=s) and draws its
+        # noise from the global RNG seeded with s; the same batches and a generator seeded alike
+        # replay both, so from the same initial weights the two loops follow the same trajectory
+        # (up to rounding)
+        self.order = EpochBatches(train_x.shape[0], batch_size, seed=seed)
         self.noise = torch.Generator(device=train_x.device).manual_seed(seed)
+        self.epochs_done = 0
 
     def epoch(self) -> float:
         """One pass over the data in a random order; returns the mean loss per image."""
-        n, b = self.x.shape[0], self.batch_size
-        perm = torch.randperm(n, generator=self.order, device=self.x.device)
+        n = self.x.shape[0]
+        self.order.set_epoch(self.epochs_done)
+        self.epochs_done += 1
         total = 0.0
-        for start in range(0, n, b):
-            x = self.x[perm[start : start + b]]
+        for idx in self.order:
+            x = self.x[idx.to(self.x.device)]
             loss = self.loss(x) * (n / x.shape[0])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

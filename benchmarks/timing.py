@@ -93,6 +93,9 @@ class BenchConfig:
     #: (``seed + 1``: other initial weights, batch order and noise). Its test ELBO gives the
     #: seed-to-seed scatter that the library-vs-hand difference should be compared with.
     seed_reference: tuple[str, ...] = ("mlp",)
+    #: ``DataLoader`` worker counts for which an epoch of the streaming path is timed against
+    #: the in-memory path (empty: skip).
+    stream_workers: tuple[int, ...] = ()
     #: Write the results here as JSON (``None``: print only).
     out: str | None = None
 
@@ -334,3 +337,41 @@ def trained_mlp(train_x: torch.Tensor, config: BenchConfig, device: torch.device
     )
     fit(model, train_x, cfg, progress=False)
     return model
+
+
+class _Images(torch.utils.data.Dataset):
+    """Data points one at a time, as a user's Dataset serves them (here from memory)."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x.cpu()
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.x[i]
+
+
+def time_streaming(
+    train_x: torch.Tensor, workers: int | None, config: BenchConfig, device: torch.device
+) -> dict[str, Any]:
+    """Images per second of one epoch of ``fit`` (MLP VAE, ``auto``) on the device-resident
+    tensor (``workers`` None) or streamed from a Dataset through a DataLoader with ``workers``
+    processes, after ``config.warmup`` untimed epochs. Same batches and losses either way."""
+    model = build_model(NETWORKS["mlp"], tuple(train_x.shape[1:]), seed=config.seed).to(device)
+    data = train_x if workers is None else _Images(train_x)
+    cfg = TrainConfig(
+        epochs=config.warmup + 1,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=config.seed,
+        device=str(device),
+        num_workers=workers or 0,
+    )
+    history = fit(model, data, cfg, progress=False)
+    return {
+        "path": "in memory" if workers is None else f"streamed, {workers} workers",
+        "seconds": history.seconds[-1],
+        "images_per_second": train_x.shape[0] / history.seconds[-1],
+        "train_loss": history.train_loss[-1],
+    }

@@ -9,9 +9,22 @@ calling convention and the protocols to plug in your own parts.
 
 __version__ = "0.2.0"
 
-from . import corruptions, guides, latent, likelihoods, nets, objectives, pca, priors
+from . import (
+    corruptions,
+    distributed,
+    guides,
+    latent,
+    likelihoods,
+    nets,
+    objectives,
+    pca,
+    priors,
+    sources,
+    tracking,
+)
+from .batching import EpochBatches
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
-from .data import ImageData, load_dataset
+from .data import DatasetNotFoundError, ImageData, default_likelihood, load_dataset
 from .errors import CheckpointError, DataError, ProgramError, TrainingDivergedError
 from .evaluate import elbo, elbo_per_image, evaluate, image_metrics, log_likelihood
 from .guides import GUIDES, IAFGuide, LowRankNormalGuide, NormalGuide, PointMassGuide
@@ -30,6 +43,8 @@ __all__ = [
     "VAE",
     "CheckpointError",
     "DataError",
+    "DatasetNotFoundError",
+    "EpochBatches",
     "History",
     "IAFGuide",
     "ImageData",
@@ -47,6 +62,8 @@ __all__ = [
     "build_model",
     "corruptions",
     "data_plate",
+    "default_likelihood",
+    "distributed",
     "elbo",
     "elbo_per_image",
     "evaluate",
@@ -72,4 +89,6 @@ __all__ = [
     "resolve_device",
     "resolve_objective",
     "save_checkpoint",
+    "sources",
+    "tracking",
 ]

@@ -16,10 +16,10 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, distributed
 from .compare import COMPARE_MODELS, compare
 from .corruptions import make_corruption
-from .data import DATASETS, DatasetIntegrityError, DatasetNotFoundError
+from .data import DatasetIntegrityError, DatasetNotFoundError
 from .errors import CheckpointError, DataError, ProgramError, TrainingDivergedError
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
@@ -28,6 +28,7 @@ from .nets import NETS
 from .objectives import AUTO, OBJECTIVES
 from .priors import PRIORS
 from .run import RunConfig, evaluate_run, sample_run, train_run
+from .tracking import TRACKERS
 from .train import TrainConfig
 
 __all__ = ["build_parser", "main"]
@@ -62,7 +63,15 @@ def _spec(s: str) -> str:
 def _add_run_options(t: argparse.ArgumentParser, compare: bool = False) -> None:
     """The options shared by ``train`` and ``compare``: data, model parts, optimisation, eval."""
     m, tc = ModelConfig(), TrainConfig()
-    t.add_argument("--dataset", choices=DATASETS, default="mnist")
+    t.add_argument(
+        "--data",
+        "--dataset",
+        dest="dataset",
+        default="mnist",
+        help="a data set name (mnist, fashion-mnist, cifar10, kmnist, svhn, celeba, ...), a folder "
+        "of images or a .npy/.npz/.pt/.csv file (default: mnist)",
+    )
+    t.add_argument("--image-size", type=int, default=None, help="resize images to this size")
     t.add_argument(
         "--data-root",
         default=None,
@@ -74,7 +83,13 @@ def _add_run_options(t: argparse.ArgumentParser, compare: bool = False) -> None:
         t.add_argument("--prior-kwargs", type=_kv, default={}, help="e.g. scale=0.5")
         t.add_argument("--guide", choices=sorted(GUIDES), default=None)
         t.add_argument("--guide-kwargs", type=_kv, default={}, help="e.g. rank=4 or num_flows=3")
-    t.add_argument("--likelihood", choices=sorted(LIKELIHOODS), default=m.likelihood)
+    t.add_argument(
+        "--likelihood",
+        choices=sorted(LIKELIHOODS),
+        default=None,
+        help="default: from the data — bernoulli for images in [0, 1], gaussian with "
+        "link=identity for tables and other data",
+    )
     t.add_argument(
         "--likelihood-kwargs", type=_kv, default={}, help="e.g. variance=0.1 or link=identity"
     )
@@ -102,6 +117,16 @@ def _add_run_options(t: argparse.ArgumentParser, compare: bool = False) -> None:
     t.add_argument("--beta", type=float, default=tc.beta, help="KL weight (beta-VAE)")
     t.add_argument("--warmup-epochs", type=float, default=tc.warmup_epochs, help="KL warm-up")
     t.add_argument("--binarize", action="store_true", help="dynamic binarization")
+    t.add_argument(
+        "--stream", action="store_true", help="read batches through a DataLoader (else: on device)"
+    )
+    t.add_argument("--workers", type=int, default=tc.num_workers, help="DataLoader workers")
+    t.add_argument(
+        "--precision",
+        choices=["float32", "bf16"],
+        default=tc.precision,
+        help="bf16: bf16 autocast on CUDA (mixed precision)",
+    )
     t.add_argument("--seed", type=int, default=tc.seed, help="fixes weights, batches and noise")
     t.add_argument("--device", default=tc.device, help="auto, cpu, cuda, cuda:1, ...")
     t.add_argument(
@@ -139,6 +164,13 @@ def _add_run_options(t: argparse.ArgumentParser, compare: bool = False) -> None:
     )
     t.add_argument("--no-figures", action="store_true")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--log",
+        choices=TRACKERS,
+        default=None,
+        help="experiment tracking: TensorBoard event files in RUN/tensorboard/ (open them with "
+        "tensorboard --logdir RUN)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,9 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configs(args: argparse.Namespace, family: str) -> tuple[ModelConfig, TrainConfig, RunConfig]:
+    m_default = ModelConfig()
     base = ModelConfig(
         latent_dim=args.latent_dim,
-        likelihood=args.likelihood,
+        likelihood=args.likelihood or m_default.likelihood,
         net=args.net,
         hidden=tuple(args.hidden),
         prior_kwargs=dict(getattr(args, "prior_kwargs", None) or {}),
@@ -241,6 +274,9 @@ def _configs(args: argparse.Namespace, family: str) -> tuple[ModelConfig, TrainC
         beta=args.beta,
         warmup_epochs=args.warmup_epochs,
         binarize=args.binarize,
+        stream=args.stream,
+        num_workers=args.workers,
+        precision=args.precision,
         seed=args.seed,
         device=args.device,
     )
@@ -249,6 +285,8 @@ def _configs(args: argparse.Namespace, family: str) -> tuple[ModelConfig, TrainC
         model_family=family,
         dataset=args.dataset,
         data_root=args.data_root,
+        image_size=args.image_size,
+        likelihood_from_data=args.likelihood is None,
         train_size=args.train_size or None,
         test_size=args.test_size or None,
         corruption=getattr(args, "corruption", None),
@@ -259,13 +297,19 @@ def _configs(args: argparse.Namespace, family: str) -> tuple[ModelConfig, TrainC
         progress=not args.quiet,
         out=args.out,
         resume=args.resume,
+        log=args.log,
     )
     return mc, tc, rc
 
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "train":
-        train_run(*_configs(args, args.model))
+        # under torchrun: join the process group; each process trains on its own device
+        args.device = distributed.init_from_env(args.device)
+        try:
+            train_run(*_configs(args, args.model))
+        finally:
+            distributed.shutdown()
     elif args.command == "compare":
         models = [m.strip() for m in args.models.split(",") if m.strip()]
         mc, tc, rc = _configs(args, "vae")

