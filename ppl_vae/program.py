@@ -111,16 +111,19 @@ class Program:
     owner: nn.Module | None = None
     #: The extras (``num_data``, ``x_in``, ``beta``) that model and guide both declare.
     accepts: frozenset[str] = field(default_factory=frozenset)
+    #: The model's positional-or-keyword parameters after the data, in order.
+    positional: tuple[str, ...] = ()
 
     def call_args(self, x: torch.Tensor, **offered: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """``(args, kwargs)`` for ``model``/``guide``: the offered extras this program declares,
-        tensors by position where the signature allows."""
+        tensors by position where the signature allows (as far as no parameter is skipped)."""
         kwargs = {k: offered[k] for k in EXTRAS if k in self.accepts and k in offered}
-        try:
-            bound = inspect.signature(self.model).bind(x, **kwargs)
-        except TypeError:  # **kwargs programs: everything by keyword
-            return (x,), kwargs
-        return bound.args, bound.kwargs
+        args = [x]
+        for name in self.positional:
+            if name not in kwargs:
+                break
+            args.append(kwargs.pop(name))
+        return tuple(args), kwargs
 
     def check_data(self, x: torch.Tensor, what: str = "data") -> None:
         """The owner's own check (shape, support of its likelihood) or the generic one."""
@@ -180,7 +183,10 @@ def as_program(obj: Any) -> Program:
             )
         if in_model:
             accepts.add(name)
-    return Program(model, guide, owner, frozenset(accepts))
+    # read once here, not at every step: which extras can go by position after the data
+    after_data = list(inspect.signature(model).parameters.values())[1:]
+    positional = tuple(p.name for p in after_data if p.kind is p.POSITIONAL_OR_KEYWORD)
+    return Program(model, guide, owner, frozenset(accepts), positional)
 
 
 class StepArgs:

@@ -67,8 +67,15 @@ def _config(epochs: int) -> TrainConfig:
 def _train(epochs: int, ckpt: Path | None = None, resume: bool = False):
     seen: list[list[int]] = []
     prog = Recording(seen)
+    test = _data()[:21] + 0.5  # 21 points: the ranks' shares of the test set differ in size
     history = fit(
-        prog, _data(), _config(epochs), checkpoint_path=ckpt, resume=resume, progress=False
+        prog,
+        _data(),
+        _config(epochs),
+        test_x=test,
+        checkpoint_path=ckpt,
+        resume=resume,
+        progress=False,
     )
     state = {k: v.detach().clone() for k, v in prog.vae.state_dict().items()}
     return state, history, seen[1:]  # the first is fit's check of the program on a first batch
@@ -80,7 +87,8 @@ def _worker(rank: int, world: int, init: str, out: str, epochs: int, ckpt: str |
     try:
         pyro.clear_param_store()
         state, history, seen = _train(epochs, Path(ckpt) if ckpt else None)
-        torch.save({"state": state, "loss": history.train_loss, "seen": seen}, f"{out}.{rank}")
+        record = {"state": state, "loss": history.train_loss, "test": history.test_elbo}
+        torch.save({**record, "seen": seen}, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
@@ -111,6 +119,8 @@ def test_two_processes_train_what_one_process_trains(tmp_path, one_process):
     for r in ranks:  # every rank holds the same parameters: those of one process
         _close(r["state"], state)
         assert r["loss"] == pytest.approx(history.train_loss, rel=1e-5)
+        # the test ELBO, each rank scoring its share, reduced over the ranks
+        assert r["test"] == pytest.approx(history.test_elbo, rel=1e-5)
     # each step's shares are disjoint and together make the single process's batch
     steps = len(seen)
     assert all(len(r["seen"]) == steps for r in ranks)
