@@ -50,6 +50,7 @@ from pyro import poutine
 from torch import nn
 from torch.nn import functional as F
 
+import ppl_vae
 from ppl_vae import (
     VAE,
     History,
@@ -213,6 +214,7 @@ def trained_model(
         "spec": spec,
         "train": asdict(config),
         "data": [list(train_x.shape), round(float(train_x.double().sum()), 3)],
+        "library": ppl_vae.__version__,  # a model trained by another release is retrained
     }
     if init_seed is not None:
         key["init_seed"] = init_seed
