@@ -52,6 +52,7 @@ PUBLIC_API: dict[str, set[str] | None] = {
         "resolve_device",
         "PointMassGuide",
         "NormalGuide",
+        "__version__",  # keys the model cache: a new release retrains
         # the public modules
         "priors",
         "likelihoods",
