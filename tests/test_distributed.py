@@ -60,24 +60,25 @@ class Recording:
         return self.vae.guide(x, x_in, num_data=num_data)
 
 
-def _config(epochs: int) -> TrainConfig:
-    return TrainConfig(epochs=epochs, batch_size=BATCH, lr=1e-2, device="cpu", seed=3)
+def _config(epochs: int, device: str = "cpu") -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=BATCH, lr=1e-2, device=device, seed=3)
 
 
-def _train(epochs: int, ckpt: Path | None = None, resume: bool = False):
+def _train(epochs: int, ckpt: Path | None = None, resume: bool = False, device: str = "cpu"):
     seen: list[list[int]] = []
     prog = Recording(seen)
+    prog.vae.to(device)  # a user's program lives where the user puts it; fit moves the data
     test = _data()[:21] + 0.5  # 21 points: the ranks' shares of the test set differ in size
     history = fit(
         prog,
         _data(),
-        _config(epochs),
+        _config(epochs, device),
         test_x=test,
         checkpoint_path=ckpt,
         resume=resume,
         progress=False,
     )
-    state = {k: v.detach().clone() for k, v in prog.vae.state_dict().items()}
+    state = {k: v.detach().cpu().clone() for k, v in prog.vae.state_dict().items()}
     return state, history, seen[1:]  # the first is fit's check of the program on a first batch
 
 
@@ -188,3 +189,62 @@ def test_torchrun_trains_and_only_rank_zero_writes(mnist, tmp_path):
     import json
 
     assert json.loads((out / "metrics.json").read_text())["history"]["epoch"] == [1, 2]
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _cuda_worker(rank: int, world: int, backend: str, init: str, out: str) -> None:
+    device = f"cuda:{rank % torch.cuda.device_count()}"
+    torch.cuda.set_device(device)
+    dist.init_process_group(backend, init_method=init, rank=rank, world_size=world)
+    try:
+        pyro.clear_param_store()
+        state, history, seen = _train(2, device=device)
+        record = {"state": state, "loss": history.train_loss, "test": history.test_elbo}
+        torch.save({**record, "seen": seen}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def _cuda_backends() -> list:
+    """NCCL with one rank per GPU (NCCL refuses two ranks on one GPU: on a single GPU it runs
+    one rank, which still takes every collective through NCCL), and gloo with two ranks sharing
+    GPU 0."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [
+        pytest.param("nccl", max(1, min(2, gpus)), marks=CUDA, id="nccl"),
+        pytest.param("gloo", 2, marks=CUDA, id="gloo-2-ranks"),
+    ]
+
+
+@pytest.mark.parametrize(("backend", "world"), _cuda_backends())
+def test_cuda_processes_train_what_one_cuda_process_trains(tmp_path, backend, world):
+    """On CUDA: the ranks' parameters, losses and reduced test ELBO equal one process's."""
+    pyro.clear_param_store()
+    state, history, seen = _train(2, device="cuda:0")
+    init = f"file://{tmp_path / 'init-cuda'}"
+    out = str(tmp_path / backend)
+    mp.spawn(_cuda_worker, args=(world, backend, init, out), nprocs=world)
+    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(world)]
+    for r in ranks:
+        _close(r["state"], state)
+        assert r["loss"] == pytest.approx(history.train_loss, rel=1e-4)
+        assert r["test"] == pytest.approx(history.test_elbo, rel=1e-4)
+    for i in range(len(seen)):  # the shares of each step make the single process's batch
+        assert sorted(p for r in ranks for p in r["seen"][i]) == seen[i]
+
+
+@CUDA
+def test_cuda_torchrun_with_nccl(mnist, tmp_path):
+    """``torchrun -m ppl_vae train --device cuda``: NCCL, one rank per GPU, rank 0 writes."""
+    gpus = torch.cuda.device_count()
+    out = tmp_path / "run"
+    args = ["--train-size", "512", "--test-size", "128", "--iw-samples", "5", "--iw-images", "8"]
+    args += ["--device", "cuda", "--no-figures", "--quiet", "--out", str(out)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={min(2, gpus)}"]
+    cmd += [f"--master-port={_free_port()}", "-m", "ppl_vae", "train", "--epochs", "1", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("metrics:") == 1
+    assert (out / "checkpoint.pt").exists() and (out / "metrics.json").exists()
