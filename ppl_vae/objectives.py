@@ -318,14 +318,15 @@ def resolve_objective(
 
     ``auto`` becomes ``enum`` (``TraceEnum_ELBO``) when the model has discrete latents the
     guide does not sample, to be summed out; else ``jit-trace`` — ``Trace_ELBO``, compiled — when
-    the device is a CPU and the whole program is library code (encoder, decoder, prior,
+    the whole program is library code (encoder, decoder, prior,
     likelihood and guide family are this library's classes or stateless torch layers, holding only
     torch, Pyro or library functions); else ``trace``. A compiled graph replays the operations of
     the run it was traced from, so it is exact only for code whose control flow does not depend on
     the values: true of the library's parts (same loss and gradients as ``trace`` on the same
-    noise, tested), unknown for a user's code, which therefore runs in plain Python. On CUDA the
-    JIT path is not measured yet, so ``auto`` keeps the plain one there. Anything else is returned
-    unchanged.
+    noise, tested on CPU and CUDA), unknown for a user's code, which therefore runs in plain
+    Python. On an H100 the compiled MLP VAE took 1.33 s an epoch against 2.50 s for the plain one
+    (README, Performance). ``device`` is kept for callers that pin a choice per device. Anything
+    else is returned unchanged.
     """
     if not (isinstance(objective, str) and objective == AUTO):
         return objective
@@ -348,8 +349,7 @@ def resolve_objective(
         and getattr(prog.model, "__self__", None) is owner
         and all(p is not None for p in parts)
     )
-    cpu = torch.device(device).type == "cpu"
-    return "jit-trace" if cpu and own and all(map(_library_part, parts)) else "trace"
+    return "jit-trace" if own and all(map(_library_part, parts)) else "trace"
 
 
 def check_objective(elbo: ELBO, info: ProgramInfo, *, subsampled: bool, weighted: bool) -> None:

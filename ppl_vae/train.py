@@ -379,7 +379,13 @@ def _make_objective(
     config: TrainConfig,
     n: int,
 ) -> ELBO:
-    chosen = resolve_objective(loss if loss is not None else config.objective, prog, device, info)
+    asked = loss if loss is not None else config.objective
+    chosen = resolve_objective(asked, prog, device, info)
+    if config.precision == "bf16" and isinstance(chosen, str) and chosen.startswith("jit-"):
+        # a traced graph is not known to replay autocast faithfully: bf16 runs in plain Python
+        if asked != "auto":
+            raise ValueError(f"precision='bf16' runs with plain objectives; {chosen!r} is compiled")
+        chosen = "trace"
     elbo = make_elbo(chosen, config.num_particles, max_plate_nesting=info.max_plate_nesting)
     weighted = config.beta != 1.0 or config.warmup_epochs > 0
     check_objective(elbo, info, subsampled=config.batch_size < n, weighted=weighted)

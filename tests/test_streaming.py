@@ -34,7 +34,8 @@ class Labelled(Dataset):
 
 def _fit(train, test, **kw):
     model = build_model(ModelConfig(latent_dim=2, hidden=(16,)), IMG, seed=0)
-    cfg = TrainConfig(epochs=2, batch_size=24, device="cpu", binarize=True, **kw)
+    kw = {"device": "cpu", **kw}
+    cfg = TrainConfig(epochs=2, batch_size=24, binarize=True, **kw)
     history = fit(model, train, cfg, test_x=test, progress=False)
     return history, model.state_dict()
 
@@ -60,6 +61,15 @@ def test_a_tensor_can_be_streamed_on_request():
 def test_bf16_is_refused_off_cuda():
     with pytest.raises(ValueError, match="bf16"):
         _fit(_images(), None, precision="bf16")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_trains_in_plain_python_and_refuses_a_compiled_objective():
+    history, _ = _fit(_images(), _images(30), device="cuda", precision="bf16")
+    assert history.objective == "trace"  # what auto becomes under autocast
+    assert all(torch.isfinite(torch.tensor(history.train_loss)))
+    with pytest.raises(ValueError, match="plain objectives"):
+        _fit(_images(), None, device="cuda", precision="bf16", objective="jit-trace")
 
 
 def test_a_dataset_is_evaluated_in_chunks_like_the_tensor(monkeypatch):

@@ -96,7 +96,7 @@ def test_auto_objective_is_compiled_trace_elbo_for_library_models(parts):
     objective as Trace_ELBO, so from the same seed the same epoch losses (up to rounding)."""
     model = _model(**parts)
     assert resolve_objective("auto", model, "cpu") == "jit-trace"
-    assert resolve_objective("auto", model, "cuda") == "trace"  # not measured there yet
+    assert resolve_objective("auto", model, "cuda") == "jit-trace"  # measured faster on an H100
     init = {k: v.clone() for k, v in model.state_dict().items()}
     x = _data()
     losses, used = {}, []
