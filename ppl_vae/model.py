@@ -86,6 +86,9 @@ class VAE(nn.Module):
         self.likelihood._event_dim_set_by = event_dim
         self.latent_dim = prior.latent_dim
         self.guide_family = guide if guide is not None else NormalGuide(self.latent_dim)
+        attach = getattr(prior, "attach", None)
+        if attach is not None:  # a prior built from the guide (VampPrior)
+            attach(self)
 
     # ------------------------------------------------------------------ Pyro program
     def model(
@@ -254,13 +257,18 @@ def _maybe_scale(beta: torch.Tensor | float | None) -> Any:
 
 #: Named model families: the same model/guide pair with different parts. ``corruption`` is the
 #: default training corruption (what the guide's encoder sees); ``gmvae`` sums its mixture
-#: component out by enumeration (the ``auto`` objective picks ``TraceEnum_ELBO`` for it).
+#: component out by enumeration (the ``auto`` objective picks ``TraceEnum_ELBO`` for it);
+#: ``objective``/``particles`` are the default objective of the IWAE models (Burda et al.).
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "vae": {"guide": "normal", "prior": "normal"},
     "ae": {"guide": "delta", "prior": "flat"},
     "dae": {"guide": "delta", "prior": "flat", "corruption": "dropout:0.5"},
     "sparse-ae": {"guide": "delta", "prior": "laplace"},
     "gmvae": {"guide": "normal", "prior": "gmm"},
+    "vampprior": {"guide": "normal", "prior": "vamp"},
+    "iaf": {"guide": "iaf", "prior": "normal"},
+    "iwae-5": {"guide": "normal", "prior": "normal", "objective": "iwae", "particles": 5},
+    "iwae-50": {"guide": "normal", "prior": "normal", "objective": "iwae", "particles": 50},
 }
 
 Kwargs = dict[str, float | str]
@@ -281,6 +289,8 @@ class ModelConfig:
     net: str = "mlp"
     guide: str = "normal"
     hidden: tuple[int, ...] = (512, 512)
+    #: The MLP's hidden nonlinearity (:data:`~ppl_vae.nets.ACTIVATIONS`).
+    activation: str = "relu"
     prior_kwargs: Kwargs = field(default_factory=dict)
     likelihood_kwargs: Kwargs = field(default_factory=dict)
     guide_kwargs: Kwargs = field(default_factory=dict)
@@ -307,7 +317,11 @@ def build_model(config: ModelConfig, image_shape: Sequence[int], *, seed: int | 
         guide = make_guide(config.guide, config.latent_dim, **config.guide_kwargs)
         c, *rest = image_shape
         decoder_shape = (likelihood.params_per_pixel * c, *rest)
-        kwargs = {"hidden": tuple(config.hidden)} if config.net == "mlp" else {}
+        kwargs: dict[str, Any] = {}
+        if config.net == "mlp":
+            kwargs = {"hidden": tuple(config.hidden), "activation": config.activation}
+        elif config.activation != "relu":
+            raise ValueError(f"activation={config.activation!r} applies to the mlp net only")
         encoder, decoder = make_networks(
             config.net,
             image_shape,

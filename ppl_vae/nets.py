@@ -15,7 +15,23 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["NETS", "ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder", "make_networks"]
+__all__ = [
+    "ACTIVATIONS",
+    "NETS",
+    "ConvDecoder",
+    "ConvEncoder",
+    "MLPDecoder",
+    "MLPEncoder",
+    "make_networks",
+]
+
+#: Name → hidden-layer nonlinearity of the MLPs (``tanh`` is Burda et al.'s 784-200-200-50 net).
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "softplus": nn.Softplus,
+    "elu": nn.ELU,
+}
 
 
 def _mlp(sizes: Sequence[int], activation: Callable[[], nn.Module]) -> nn.Sequential:
@@ -127,10 +143,14 @@ def _mlp_pair(
     encoder_out: int,
     decoder_shape: Sequence[int],
     hidden: Sequence[int] = (512, 512),
+    activation: str = "relu",
 ) -> tuple[nn.Module, nn.Module]:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+    act = ACTIVATIONS[activation]
     return (
-        MLPEncoder(image_shape, encoder_out, hidden),
-        MLPDecoder(latent_dim, decoder_shape, tuple(reversed(hidden))),
+        MLPEncoder(image_shape, encoder_out, hidden, act),
+        MLPDecoder(latent_dim, decoder_shape, tuple(reversed(hidden)), act),
     )
 
 

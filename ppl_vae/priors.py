@@ -11,6 +11,8 @@ The model draws the code with ``prior.sample_latent("z")``, which by default is
 ``pyro.sample("z", prior())``; a prior with auxiliary latents overrides it (the enumerated
 mixture :class:`GaussianMixture` samples its component ``"c"`` first, for ``TraceEnum_ELBO`` to
 sum out). ``reset_parameters()`` re-initialises learnable values (``build_model(seed=…)``).
+A prior that depends on the rest of the model (the VampPrior mixes the guide's posteriors) has an
+``attach(vae)`` method, which the :class:`~ppl_vae.model.VAE` calls once it holds every part.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "Normal",
     "Prior",
     "StudentT",
+    "VampPrior",
     "make_prior",
 ]
 
@@ -197,6 +200,75 @@ class GaussianMixture(MixtureOfGaussians):
         return pyro.sample(name, dist.Normal(self.locs[c], scales[c]).to_event(1))
 
 
+class VampPrior(Prior):
+    """The VampPrior (Tomczak & Welling, 2018): p(z) = (1/K) Σ_k q(z | u_k), the mixture of the
+    guide's own posteriors at K learnable pseudo-inputs u_k.
+
+    The pseudo-inputs live in pixel space, hard-clipped to [0, 1] (the paper's hardtanh), and
+    start at N(``init_mean``, ``init_std``²) like the paper's MNIST runs. The prior evaluates the
+    model's encoder and guide family, so it is usable only inside a :class:`~ppl_vae.model.VAE`
+    (``attach``) with a Normal guide family (diagonal, low-rank or full covariance: families
+    whose distribution broadcasts over a batch of K inputs). Its log-density costs one encoder
+    pass over the K pseudo-inputs per model call and ``K · latent_dim`` numbers per scored code,
+    which :meth:`Program.elements_per_particle` counts so importance sampling stays in bounds.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        n_pseudo: int = 500,
+        init_mean: float = 0.05,
+        init_std: float = 0.01,
+    ) -> None:
+        super().__init__(latent_dim)
+        if n_pseudo <= 0 or n_pseudo != int(n_pseudo):
+            raise ValueError(f"n_pseudo must be a positive integer, got {n_pseudo}")
+        self.n_pseudo, self.init_mean, self.init_std = int(n_pseudo), init_mean, init_std
+        self.raw_pseudo = nn.Parameter(torch.empty(0))  # shaped by attach, from the images
+        self.__dict__["_vae"] = None  # a plain reference: the VAE owns this prior, not reverse
+
+    @property
+    def elements_per_point(self) -> int:
+        return self.n_pseudo * self.latent_dim
+
+    def attach(self, vae: nn.Module) -> None:
+        from .guides import FullCovNormalGuide, LowRankNormalGuide, NormalGuide
+
+        families = (NormalGuide, FullCovNormalGuide, LowRankNormalGuide)
+        if not isinstance(vae.guide_family, families):
+            raise ValueError(
+                "the VampPrior mixes the guide's posteriors at its pseudo-inputs, so it needs a "
+                f"Normal guide family (normal, lowrank-normal, full-normal), not "
+                f"{type(vae.guide_family).__name__}"
+            )
+        self.__dict__["_vae"] = vae
+        self.raw_pseudo = nn.Parameter(torch.empty(self.n_pseudo, *vae.image_shape))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Pseudo-inputs from N(init_mean, init_std²), drawn from torch's (seeded) stream."""
+        with torch.no_grad():
+            self.raw_pseudo.normal_(self.init_mean, self.init_std)
+
+    @property
+    def pseudo_inputs(self) -> torch.Tensor:
+        """The K pseudo-inputs u_k, in [0, 1]: shape ``(K, *image_shape)``."""
+        return nn.functional.hardtanh(self.raw_pseudo, 0.0, 1.0)
+
+    def forward(self) -> dist.TorchDistribution:
+        vae = self.__dict__["_vae"]
+        if vae is None:
+            raise RuntimeError(
+                "this VampPrior belongs to no model: build it into a VAE (prior='vamp')"
+            )
+        components = vae.guide_family.dist(vae.encoder(self.pseudo_inputs))  # batch (K,)
+        mix = dist.Categorical(logits=self.raw_pseudo.new_zeros(self.n_pseudo))
+        return dist.MixtureSameFamily(mix, components)
+
+    def extra_repr(self) -> str:
+        return f"latent_dim={self.latent_dim}, n_pseudo={self.n_pseudo}"
+
+
 #: Name → factory ``f(latent_dim) -> Prior``, used by the CLI and configs.
 PRIORS: dict[str, Callable[[int], Prior]] = {
     "normal": Normal,
@@ -204,6 +276,7 @@ PRIORS: dict[str, Callable[[int], Prior]] = {
     "student-t": StudentT,
     "mixture": MixtureOfGaussians,
     "gmm": GaussianMixture,
+    "vamp": VampPrior,
     "flat": Flat,
 }
 

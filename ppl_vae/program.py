@@ -139,9 +139,11 @@ class Program:
             raise DataError(f"{what} contains NaN/Inf values")
 
     def elements_per_particle(self, x: torch.Tensor) -> int:
-        """About how many numbers one importance sample of batch ``x`` creates (decoder output)."""
+        """About how many numbers one importance sample of batch ``x`` creates: the decoder
+        output, plus what the prior's density needs per code (a VampPrior: K · latent_dim)."""
         k = getattr(getattr(self.owner, "likelihood", None), "params_per_pixel", 2)
-        return x.numel() * int(k)
+        prior = getattr(getattr(self.owner, "prior", None), "elements_per_point", 0)
+        return x.numel() * int(k) + x.shape[0] * int(prior)
 
     @property
     def has_density(self) -> bool | None:

@@ -33,6 +33,8 @@ from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
 from .data import ImageData, default_likelihood, load_dataset
 from .errors import CheckpointError
 from .evaluate import evaluate, image_metrics
+from .likelihoods import Bernoulli
+from .literature import PROTOCOL, binarize_fixed, density_report
 from .metrics import eval_mode
 from .model import MODEL_PRESETS, ModelConfig, build_model
 from .objectives import objective_name, resolve_objective
@@ -75,9 +77,14 @@ class RunConfig:
     #: Experiment tracking into ``RUN/tensorboard/``: a :data:`~ppl_vae.tracking.TRACKERS` name
     #: (``"tensorboard"``) or None.
     log: str | None = None
+    #: ``"binarized-mnist"``: the literature's protocol (:mod:`ppl_vae.literature`) — training on
+    #: fresh bits every epoch, NLL with ``protocol_samples`` draws on the fixed test bits.
+    protocol: str | None = None
+    protocol_samples: int = 5000
 
     def __post_init__(self) -> None:
         check_tracker(self.log)
+        _check_protocol(self.protocol, self.dataset)
 
     def corruptions(self) -> tuple[str | None, str | None]:
         """(training, evaluation) corruption specs; ``none`` and absent both give None."""
@@ -87,6 +94,31 @@ class RunConfig:
         train = _spec(train)
         evaluation = _spec(self.eval_corruption) if self.eval_corruption is not None else train
         return train, evaluation
+
+
+def _check_protocol(protocol: str | None, dataset: str) -> None:
+    if protocol is None:
+        return
+    if protocol != PROTOCOL:
+        raise ValueError(f"unknown protocol {protocol!r}; the one known is {PROTOCOL!r}")
+    if dataset.lower() != "mnist":
+        raise ValueError(
+            f"the {PROTOCOL} protocol scores binarized MNIST; this run's data are {dataset!r}"
+        )
+
+
+def _protocol_metrics(
+    model: Any, test_x: torch.Tensor, protocol: str | None, k: int, progress: bool
+) -> dict[str, Any]:
+    """The protocol's report on the fixed binarization of ``test_x`` (empty without one)."""
+    if protocol is None:
+        return {}
+    if not isinstance(getattr(model, "likelihood", None), Bernoulli):
+        raise ValueError(
+            f"the {PROTOCOL} protocol scores binary images with a Bernoulli likelihood"
+        )
+    bits = binarize_fixed(test_x)
+    return {"binarized_mnist": density_report(model, bits, num_samples=k, progress=progress)}
 
 
 def _spec(spec: str | None) -> str | None:
@@ -219,6 +251,9 @@ def train_run(
     with eval_mode(model):
         if len(data.image_shape) == 3:  # PSNR and corrupted inputs are image metrics
             metrics.update(image_metrics(model, data.test_x, eval_spec, tc.seed))
+    metrics.update(
+        _protocol_metrics(model, data.test_x, rc.protocol, rc.protocol_samples, rc.progress)
+    )
     step = len(history.epoch)  # also when a resumed run had no epochs left to train
     tracker.log_metrics(metrics, step)
     log_model_images(tracker, model, data.test_x, step=step, seed=tc.seed)
@@ -281,8 +316,11 @@ def evaluate_run(
     data_root: str | None = None,
     device: str = "auto",
     progress: bool = True,
+    protocol: str | None = None,
+    protocol_samples: int = 5000,
 ) -> dict[str, Any]:
-    """Reload a run's model and score it on its test set; writes ``RUN/evaluation.json``."""
+    """Reload a run's model and score it on its test set; writes ``RUN/evaluation.json``. With
+    ``protocol="binarized-mnist"`` also the literature's NLL report (:mod:`ppl_vae.literature`)."""
     run = Path(run)
     dev = resolve_device(device)
     model = load_model(run, device=dev)
@@ -301,6 +339,8 @@ def evaluate_run(
     )
     if len(data.image_shape) == 3:
         metrics.update(image_metrics(model, data.test_x, saved.get("corruption"), seed=0))
+    _check_protocol(protocol, saved["dataset"])
+    metrics.update(_protocol_metrics(model, data.test_x, protocol, protocol_samples, progress))
     write_json(run / "evaluation.json", metrics)
     return metrics
 
