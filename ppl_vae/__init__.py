@@ -29,7 +29,14 @@ from .errors import CheckpointError, DataError, ProgramError, TrainingDivergedEr
 from .evaluate import elbo, elbo_per_image, evaluate, image_metrics, log_likelihood
 from .guides import GUIDES, IAFGuide, LowRankNormalGuide, NormalGuide, PointMassGuide
 from .metrics import bits_per_dim, psnr, reconstruction_error, reconstruction_psnr
-from .model import MODEL_PRESETS, VAE, ModelConfig, build_model, reset_parameters
+from .model import (
+    MODEL_PRESETS,
+    VAE,
+    ModelConfig,
+    build_model,
+    preset_config,
+    reset_parameters,
+)
 from .objectives import IWAE_ELBO, OBJECTIVES, make_elbo, register_objective, resolve_objective
 from .optim import MultiTensorAdam
 from .program import Program, as_program, data_plate
@@ -80,6 +87,7 @@ __all__ = [
     "nets",
     "objectives",
     "pca",
+    "preset_config",
     "priors",
     "psnr",
     "reconstruction_error",

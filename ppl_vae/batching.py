@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from . import distributed
-from .data import binarize
+from .data import binarize, check_8bit, dequantize
 from .errors import DataError
 
 __all__ = [
@@ -186,9 +186,12 @@ class TrainingBatches:
         stream: bool = False,
         num_workers: int = 0,
         binarize: bool = False,
+        dequantize: bool = False,
     ) -> None:
+        if binarize and dequantize:
+            raise ValueError("binarize and dequantize exclude each other: choose one")
         self.batch_size, self.device = batch_size, device
-        self.num_workers, self.binarize = num_workers, binarize
+        self.num_workers, self.binarize, self.dequantize = num_workers, binarize, dequantize
         self.n = dataset_size(train)
         self.streamed = stream or not isinstance(train, torch.Tensor)
         if isinstance(train, torch.Tensor):
@@ -206,6 +209,8 @@ class TrainingBatches:
         )
         if self.streamed:
             check(self.first_batch(), "training data (first batch)")
+        if dequantize:
+            check_8bit(train if isinstance(train, torch.Tensor) else self.first_batch())
         self.global_sizes: list[int] = []
 
     def first_batch(self) -> torch.Tensor:
@@ -223,7 +228,11 @@ class TrainingBatches:
         else:
             batches = (self.train[idx.to(self.device)] for idx in self.sampler)
         for i, x in enumerate(batches):
-            yield (binarize(x, gen) if self.binarize else x), len(x) / self.global_sizes[i]
+            if self.binarize:
+                x = binarize(x, gen)
+            elif self.dequantize:
+                x = dequantize(x, gen)
+            yield x, len(x) / self.global_sizes[i]
 
 
 def stack(dataset: Dataset, idx: Iterable[int]) -> torch.Tensor:

@@ -113,14 +113,24 @@ def _add_run_options(t: argparse.ArgumentParser, compare: bool = False) -> None:
     t.add_argument(
         "--objective",
         choices=[AUTO, *OBJECTIVES],
-        default=tc.objective,
-        help="auto: TraceEnum_ELBO for enumerated latents, else JitTrace_ELBO for the library's "
-        "own models on CPU, else Trace_ELBO; iwae: the importance-weighted bound (--particles K)",
+        default=None,
+        help="default: the model family's (iwae for iwae-5/iwae-50), else auto — TraceEnum_ELBO "
+        "for enumerated latents, JitTrace_ELBO for the library's own models, else Trace_ELBO; "
+        "iwae: the importance-weighted bound (--particles K)",
     )
-    t.add_argument("--particles", type=int, default=tc.num_particles)
+    t.add_argument(
+        "--particles", type=int, default=None, help="default: the model family's K, else 1"
+    )
     t.add_argument("--beta", type=float, default=tc.beta, help="KL weight (beta-VAE)")
     t.add_argument("--warmup-epochs", type=float, default=tc.warmup_epochs, help="KL warm-up")
     t.add_argument("--binarize", action="store_true", help="dynamic binarization")
+    t.add_argument(
+        "--dequantize",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="uniform dequantization (k + u)/256 of 8-bit images, in training and scoring; auto: "
+        "on for continuous likelihoods (scores then also in bits/dim of the 8-bit data)",
+    )
     t.add_argument(
         "--stream", action="store_true", help="read batches through a DataLoader (else: on device)"
     )
@@ -288,13 +298,16 @@ def _configs(args: argparse.Namespace, family: str) -> tuple[ModelConfig, TrainC
     build_model(mc, (1, 4, 4) if mc.net != "conv" else (1, 8, 8))
     preset = MODEL_PRESETS[family]
     protocol = getattr(args, "protocol", None)
+    objective, particles = args.objective, args.particles
+    if objective is None:  # the model family's own objective (the IWAE models'), else auto
+        objective = preset.get("objective", AUTO)
+        particles = preset.get("particles", 1) if particles is None else particles
     tc = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
-        # the IWAE models' own objective unless another one is asked for
-        objective=preset.get("objective", AUTO) if args.objective == AUTO else args.objective,
-        num_particles=preset.get("particles", 1) if args.particles == 1 else args.particles,
+        objective=objective,
+        num_particles=1 if particles is None else particles,
         beta=args.beta,
         warmup_epochs=args.warmup_epochs,
         binarize=args.binarize or protocol is not None,  # the protocol trains on fresh bits
@@ -324,6 +337,7 @@ def _configs(args: argparse.Namespace, family: str) -> tuple[ModelConfig, TrainC
         log=args.log,
         protocol=protocol,
         protocol_samples=getattr(args, "protocol_samples", 5000),
+        dequantize=args.dequantize,
     )
     return mc, tc, rc
 

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset, Subset
 
 # Re-exported so that ``from ppl_vae.data import ...`` keeps working. The mirror code looks up
 # ``DEBIAN_FASHION_MNIST_DIR`` and the md5 tables in ppl_vae.mirrors: patch them (in tests) there.
+from .errors import DataError
 from .mirrors import DEBIAN_FASHION_MNIST_DIR, IDX_FILES, DatasetIntegrityError
 from .mnist import DATASETS, DatasetNotFoundError, default_root, read_mirrored
 
@@ -40,8 +41,10 @@ __all__ = [
     "ImageData",
     "LazySubset",
     "binarize",
+    "check_8bit",
     "default_likelihood",
     "default_root",
+    "dequantize",
     "load_dataset",
     "read_mirrored",
 ]
@@ -247,6 +250,31 @@ def default_likelihood(data: ImageData) -> tuple[str, dict[str, str]]:
 # --------------------------------------------------------------------------------------------
 # Mini-batching and binarization
 # --------------------------------------------------------------------------------------------
+
+
+def check_8bit(x: torch.Tensor, what: str = "data") -> None:
+    """Raise :class:`DataError` unless ``x`` holds 8-bit levels k/255 (what dequantization
+    assumes)."""
+    levels = x * 255
+    off = float((levels - levels.round()).abs().max()) if x.numel() else 0.0
+    if off > 1e-3 or float(x.min()) < 0 or float(x.max()) > 1:
+        raise DataError(
+            f"dequantization needs 8-bit images (values k/255 in [0, 1]); {what} are not "
+            f"(a value is {off:.3g} of a level away): pass dequantize=False / --dequantize off"
+        )
+
+
+def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform dequantization of 8-bit levels x = k/255: y = (k + u) / 256 with u ~ U(0, 1).
+
+    A continuous density p(y) on [0, 1]^D then bounds the probability of the discrete image:
+    log P(k) ≥ E_u[log p(y)] − D·log 256 (Theis et al., 2016), so continuous likelihoods are
+    scored on a scale where they cannot grow without bound and compare with each other in bits
+    per dimension of the 8-bit data. Uniforms come from ``generator`` (on its device).
+    """
+    rand_device = generator.device if generator is not None else x.device
+    u = torch.rand(x.shape, generator=generator, device=rand_device, dtype=x.dtype)
+    return ((x * 255).round() + u.to(x.device)) / 256
 
 
 def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

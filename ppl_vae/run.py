@@ -30,8 +30,8 @@ import torch
 
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
-from .data import ImageData, default_likelihood, load_dataset
-from .errors import CheckpointError
+from .data import ImageData, check_8bit, default_likelihood, dequantize, load_dataset
+from .errors import CheckpointError, DataError
 from .evaluate import evaluate, image_metrics
 from .likelihoods import Bernoulli
 from .literature import PROTOCOL, binarize_fixed, density_report
@@ -81,6 +81,9 @@ class RunConfig:
     #: fresh bits every epoch, NLL with ``protocol_samples`` draws on the fixed test bits.
     protocol: str | None = None
     protocol_samples: int = 5000
+    #: Uniform dequantization of 8-bit images for continuous likelihoods (``"auto"``: on when
+    #: the likelihood is not Bernoulli and the data are 8-bit images; ``"on"``; ``"off"``).
+    dequantize: str = "auto"
 
     def __post_init__(self) -> None:
         check_tracker(self.log)
@@ -107,6 +110,26 @@ def _check_protocol(protocol: str | None, dataset: str) -> None:
         )
 
 
+def preset_objective(family: str, tc: TrainConfig) -> TrainConfig:
+    """``tc`` with the model family's own objective (the IWAE models') when it asks for ``auto``."""
+    preset = MODEL_PRESETS.get(family, {})
+    if tc.objective != "auto" or "objective" not in preset:
+        return tc
+    particles = preset.get("particles", 1) if tc.num_particles == 1 else tc.num_particles
+    return replace(tc, objective=preset["objective"], num_particles=particles)
+
+
+def _check_protocol_model(likelihood: str, test_x: Any) -> None:
+    """Before any training: the protocol scores a Bernoulli likelihood on an in-memory test set."""
+    if likelihood != "bernoulli":
+        raise ValueError(
+            f"the {PROTOCOL} protocol scores binary images with the Bernoulli likelihood, not "
+            f"{likelihood!r}"
+        )
+    if not isinstance(test_x, torch.Tensor):
+        raise ValueError(f"the {PROTOCOL} protocol needs the test images in memory")
+
+
 def _protocol_metrics(
     model: Any, test_x: torch.Tensor, protocol: str | None, k: int, progress: bool
 ) -> dict[str, Any]:
@@ -119,6 +142,30 @@ def _protocol_metrics(
         )
     bits = binarize_fixed(test_x)
     return {"binarized_mnist": density_report(model, bits, num_samples=k, progress=progress)}
+
+
+def _dequantize(setting: str, likelihood: str, binarize: bool, data: ImageData) -> bool:
+    """Whether this run trains and scores on dequantized images (see :class:`RunConfig`)."""
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"dequantize must be 'auto', 'on' or 'off', got {setting!r}")
+    if setting == "off" or binarize:
+        return False
+    if setting == "on":
+        if likelihood == "bernoulli":
+            raise ValueError(
+                "dequantize='on' is for continuous likelihoods; the Bernoulli likelihood is not a "
+                "density on [0, 1] (use --binarize for binary data, or another likelihood)"
+            )
+        return True
+    if likelihood == "bernoulli" or len(data.image_shape) != 3:
+        return False
+    try:
+        check_8bit(
+            data.test_x[:1000] if isinstance(data.test_x, torch.Tensor) else data.train_x[:1]
+        )
+    except (DataError, TypeError):
+        return False
+    return True
 
 
 def _spec(spec: str | None) -> str | None:
@@ -158,8 +205,12 @@ def _run_folder(rc: RunConfig) -> Path:
 
 def _check_resumable(ckpt: Path, run_config: dict[str, Any]) -> None:
     """A run resumes only with the settings that made it: same model, data and corruption."""
-    saved = load_checkpoint(ckpt)["config"]
+    saved = dict(load_checkpoint(ckpt)["config"])
+    if isinstance(saved.get("model"), dict):  # settings added later take their defaults
+        saved["model"] = {**asdict(ModelConfig()), **saved["model"]}
     for key, value in run_config.items():
+        if key not in saved and not value:  # a setting added later, off in the saved run
+            continue
         if _jsonable(saved.get(key)) != _jsonable(value):
             what = "model settings " if key == "model" else f"{key}="
             raise CheckpointError(
@@ -190,6 +241,14 @@ def train_run(
     if rc.likelihood_from_data:
         name, kwargs = default_likelihood(data)
         mc = replace(mc, likelihood=name, likelihood_kwargs={**kwargs, **mc.likelihood_kwargs})
+    tc = preset_objective(rc.model_family, tc)
+    setting = rc.dequantize
+    if rc.resume and setting == "auto" and ckpt.exists():  # a run resumes as it was trained
+        setting = "on" if load_checkpoint(ckpt)["config"].get("dequantize") else "off"
+    deq = _dequantize(setting, mc.likelihood, tc.binarize, data)
+    tc = replace(tc, dequantize=deq)
+    if rc.protocol is not None:
+        _check_protocol_model(mc.likelihood, data.test_x)
     run_config = {
         "model": asdict(mc),
         "model_family": rc.model_family,
@@ -198,6 +257,7 @@ def train_run(
         "image_size": rc.image_size,
         "train_size": rc.train_size,
         "test_size": rc.test_size,
+        "dequantize": deq,
     }
     if rc.resume:
         _check_resumable(ckpt, run_config)
@@ -212,6 +272,8 @@ def train_run(
     model = build_model(mc, data.image_shape, seed=tc.seed)
     n_params = sum(p.numel() for p in model.parameters())
     objective = resolve_objective(tc.objective, model, device)
+    if tc.precision == "bf16" and objective == "jit-trace":
+        objective = "trace"  # what fit runs under autocast
     say(
         f"model: {mc.net} encoder/decoder, latent {mc.latent_dim}, prior {mc.prior}, "
         f"likelihood {mc.likelihood}, guide {mc.guide}"
@@ -228,11 +290,14 @@ def train_run(
 
     corruption = make_corruption(train_spec, seed=tc.seed) if train_spec else None
     t0 = time.perf_counter()
+    monitor_x = data.test_x
+    if deq and isinstance(monitor_x, torch.Tensor):  # the per-epoch test ELBO on the same scale
+        monitor_x = dequantize(monitor_x, torch.Generator(device=monitor_x.device).manual_seed(0))
     history = fit(
         model,
         data.train_x,
         tc,
-        test_x=data.test_x,
+        test_x=monitor_x,
         corruption=corruption,
         checkpoint_path=ckpt,
         resume=rc.resume,
@@ -246,7 +311,12 @@ def train_run(
         return {}
     print("evaluating on the test set ...")
     metrics = evaluate(
-        model, data.test_x, iw_samples=rc.iw_samples, iw_images=rc.iw_images, progress=rc.progress
+        model,
+        data.test_x,
+        iw_samples=rc.iw_samples,
+        iw_images=rc.iw_images,
+        progress=rc.progress,
+        dequantize=deq,
     )
     with eval_mode(model):
         if len(data.image_shape) == 3:  # PSNR and corrupted inputs are image metrics
@@ -335,7 +405,12 @@ def evaluate_run(
         saved.get("train", {}).get("seed", 0),
     )
     metrics = evaluate(
-        model, data.test_x, iw_samples=iw_samples, iw_images=iw_images, progress=progress
+        model,
+        data.test_x,
+        iw_samples=iw_samples,
+        iw_images=iw_images,
+        progress=progress,
+        dequantize=bool(saved.get("dequantize", False)),
     )
     if len(data.image_shape) == 3:
         metrics.update(image_metrics(model, data.test_x, saved.get("corruption"), seed=0))

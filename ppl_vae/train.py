@@ -75,6 +75,9 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     #: Dynamic binarisation: a fresh Bernoulli draw of the training images every time they are used.
     binarize: bool = False
+    #: Uniform dequantization of 8-bit images, fresh every time they are used: (k + u)/256, the
+    #: data continuous likelihoods are scored on (:func:`~ppl_vae.data.dequantize`).
+    dequantize: bool = False
     #: Stream batches through a ``DataLoader`` even when given a tensor (a ``Dataset`` always is).
     stream: bool = False
     #: ``DataLoader`` worker processes when streaming (0: read in the training process).
@@ -203,6 +206,7 @@ def fit(
         stream=config.stream,
         num_workers=config.num_workers,
         binarize=config.binarize,
+        dequantize=config.dequantize,
     )
     if test_x is not None and isinstance(test_x, torch.Tensor):
         prog.check_data(test_x, "test data")
@@ -381,7 +385,10 @@ def _make_objective(
 ) -> ELBO:
     asked = loss if loss is not None else config.objective
     chosen = resolve_objective(asked, prog, device, info)
-    if config.precision == "bf16" and isinstance(chosen, str) and chosen.startswith("jit-"):
+    compiled = (
+        chosen.startswith("jit-") if isinstance(chosen, str) else "Jit" in type(chosen).__name__
+    )
+    if config.precision == "bf16" and compiled:
         # a traced graph is not known to replay autocast faithfully: bf16 runs in plain Python
         if asked != "auto":
             raise ValueError(f"precision='bf16' runs with plain objectives; {chosen!r} is compiled")

@@ -178,3 +178,81 @@ def test_likelihood_table_script_runs_on_a_tiny_budget(mnist, tmp_path):
         assert result["test"]["num_images"] == 20 and math.isfinite(result["test"]["nll"])
     table = (tmp_path / "tiny" / "table.md").read_text()
     assert "| vampprior | 0 |" in table and "86.76" in table
+
+
+# ------------------------------------------------------------------ comparable likelihoods
+def test_dequantization_fills_each_8bit_level_uniformly():
+    from ppl_vae.data import check_8bit, dequantize
+
+    k = torch.arange(256, dtype=torch.float32).repeat(400)
+    y = dequantize(k / 255, torch.Generator().manual_seed(0))
+    assert bool(((y >= k / 256) & (y < (k + 1) / 256)).all())
+    offset = (y * 256 - k).reshape(400, 256)  # u ~ U(0, 1) for every level
+    assert float(offset.mean()) == pytest.approx(0.5, abs=0.01)
+    assert float(offset.var()) == pytest.approx(1 / 12, abs=0.005)
+    with pytest.raises(ValueError, match="8-bit"):
+        check_8bit(torch.tensor([0.5001, 0.2]))
+
+
+def test_continuous_likelihoods_are_scored_on_dequantized_data_in_8bit_bits(mnist, tmp_path):
+    """A learned-variance Gaussian is trained and scored on (k + u)/256: its score in bits per
+    dimension of the 8-bit data is a code length, positive and comparable between likelihoods,
+    where on the raw grey levels the density grows without bound."""
+    from ppl_vae.cli import main
+
+    out = tmp_path / "g"
+    args = ["train", "--likelihood", "gaussian-learned", "--epochs", "1", "--train-size", "500"]
+    args += ["--test-size", "100", "--hidden", "32", "--latent-dim", "4", "--iw-samples", "20"]
+    args += ["--iw-images", "50", "--no-figures", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["dequantized"] is True
+    d = 784
+    expected = -(m["log_likelihood"] - d * math.log(256)) / (d * math.log(2))
+    assert m["bits_per_dim_8bit"] == pytest.approx(expected)
+    assert 0 < m["bits_per_dim_8bit"] < m["elbo_bits_per_dim_8bit"] + 0.05
+    assert json.loads((out / "config.json").read_text())["train"]["dequantize"] is True
+    # the Bernoulli likelihood keeps the grey levels (a cross-entropy, not a density of them)
+    out_b = tmp_path / "b"
+    args_b = [a if a != "gaussian-learned" else "bernoulli" for a in args[:-1]] + [str(out_b)]
+    assert main(args_b) == 0
+    assert "dequantized" not in json.loads((out_b / "metrics.json").read_text())
+
+
+def test_refusals_come_before_any_training(mnist, tmp_path):
+    from ppl_vae.cli import main
+
+    base = ["train", "--epochs", "1", "--train-size", "100", "--test-size", "20", "--quiet"]
+    base += ["--no-figures", "--hidden", "8", "--latent-dim", "2"]
+    out = tmp_path / "g"
+    args = [*base, "--likelihood", "gaussian", "--protocol", "binarized-mnist", "--out", str(out)]
+    assert main(args) == 2  # the protocol scores a Bernoulli likelihood
+    assert not (out / "checkpoint.pt").exists()
+    out = tmp_path / "b"
+    assert main([*base, "--dequantize", "on", "--out", str(out)]) == 2  # Bernoulli: no density
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_a_family_brings_its_objective_to_every_entry_point():
+    from ppl_vae.run import preset_objective
+
+    tc = preset_objective("iwae-50", TrainConfig())
+    assert (tc.objective, tc.num_particles) == ("iwae", 50)
+    assert preset_objective("iwae-5", TrainConfig(objective="trace")).objective == "trace"
+    assert preset_objective("vae", TrainConfig()).objective == "auto"
+
+
+def test_a_run_saved_before_a_model_setting_existed_still_resumes(mnist, tmp_path):
+    from ppl_vae.checkpoint import load_checkpoint, save_checkpoint
+    from ppl_vae.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--train-size", "100", "--test-size", "20", "--quiet", "--no-figures"]
+    args += ["--hidden", "8", "--latent-dim", "2", "--iw-samples", "0", "--out", str(out)]
+    assert main([*args, "--epochs", "1"]) == 0
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    del ckpt["config"]["model"]["activation"]  # as written before the setting existed
+    del ckpt["config"]["dequantize"]
+    save_checkpoint(out / "checkpoint.pt", {k: v for k, v in ckpt.items() if k != "format"})
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    assert main([*args, "--epochs", "3", "--resume", "--activation", "tanh"]) == 2
