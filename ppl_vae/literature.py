@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .evaluate import elbo, log_likelihood
+from .likelihoods import Bernoulli
 from .metrics import bits_per_dim, eval_mode
 
 __all__ = [
@@ -35,7 +36,10 @@ __all__ = [
     "LiteratureModel",
     "binarize_fixed",
     "bits_md5",
+    "check_protocol",
+    "check_protocol_model",
     "density_report",
+    "protocol_metrics",
 ]
 
 #: The name of the protocol (``--protocol binarized-mnist``).
@@ -109,6 +113,43 @@ def density_report(
     report["elbo_bits_per_dim"] = bits_per_dim(report["elbo"], d)
     report["seconds"] = time.perf_counter() - t0
     return report
+
+
+def check_protocol(protocol: str | None, dataset: str) -> None:
+    """Refuse an unknown protocol, or the binarized-MNIST one on other data."""
+    if protocol is None:
+        return
+    if protocol != PROTOCOL:
+        raise ValueError(f"unknown protocol {protocol!r}; the one known is {PROTOCOL!r}")
+    if dataset.lower() != "mnist":
+        raise ValueError(
+            f"the {PROTOCOL} protocol scores binarized MNIST; this run's data are {dataset!r}"
+        )
+
+
+def check_protocol_model(likelihood: str, test_x: Any) -> None:
+    """Before any training: the protocol scores a Bernoulli likelihood on an in-memory test set."""
+    if likelihood != "bernoulli":
+        raise ValueError(
+            f"the {PROTOCOL} protocol scores binary images with the Bernoulli likelihood, not "
+            f"{likelihood!r}"
+        )
+    if not isinstance(test_x, torch.Tensor):
+        raise ValueError(f"the {PROTOCOL} protocol needs the test images in memory")
+
+
+def protocol_metrics(
+    model: Any, test_x: torch.Tensor, protocol: str | None, k: int, progress: bool
+) -> dict[str, Any]:
+    """The protocol's report on the fixed binarization of ``test_x`` (empty without one)."""
+    if protocol is None:
+        return {}
+    if not isinstance(getattr(model, "likelihood", None), Bernoulli):
+        raise ValueError(
+            f"the {PROTOCOL} protocol scores binary images with a Bernoulli likelihood"
+        )
+    bits = binarize_fixed(test_x)
+    return {"binarized_mnist": density_report(model, bits, num_samples=k, progress=progress)}
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,7 @@ from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
 from .data import ImageData, check_8bit, default_likelihood, dequantize, load_dataset
 from .errors import CheckpointError, DataError
 from .evaluate import evaluate, image_metrics
-from .likelihoods import Bernoulli
-from .literature import PROTOCOL, binarize_fixed, density_report
+from .literature import check_protocol, check_protocol_model, protocol_metrics
 from .metrics import eval_mode
 from .model import MODEL_PRESETS, ModelConfig, build_model
 from .objectives import objective_name, resolve_objective
@@ -87,7 +86,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_tracker(self.log)
-        _check_protocol(self.protocol, self.dataset)
+        check_protocol(self.protocol, self.dataset)
 
     def corruptions(self) -> tuple[str | None, str | None]:
         """(training, evaluation) corruption specs; ``none`` and absent both give None."""
@@ -99,17 +98,6 @@ class RunConfig:
         return train, evaluation
 
 
-def _check_protocol(protocol: str | None, dataset: str) -> None:
-    if protocol is None:
-        return
-    if protocol != PROTOCOL:
-        raise ValueError(f"unknown protocol {protocol!r}; the one known is {PROTOCOL!r}")
-    if dataset.lower() != "mnist":
-        raise ValueError(
-            f"the {PROTOCOL} protocol scores binarized MNIST; this run's data are {dataset!r}"
-        )
-
-
 def preset_objective(family: str, tc: TrainConfig) -> TrainConfig:
     """``tc`` with the model family's own objective (the IWAE models') when it asks for ``auto``."""
     preset = MODEL_PRESETS.get(family, {})
@@ -117,31 +105,6 @@ def preset_objective(family: str, tc: TrainConfig) -> TrainConfig:
         return tc
     particles = preset.get("particles", 1) if tc.num_particles == 1 else tc.num_particles
     return replace(tc, objective=preset["objective"], num_particles=particles)
-
-
-def _check_protocol_model(likelihood: str, test_x: Any) -> None:
-    """Before any training: the protocol scores a Bernoulli likelihood on an in-memory test set."""
-    if likelihood != "bernoulli":
-        raise ValueError(
-            f"the {PROTOCOL} protocol scores binary images with the Bernoulli likelihood, not "
-            f"{likelihood!r}"
-        )
-    if not isinstance(test_x, torch.Tensor):
-        raise ValueError(f"the {PROTOCOL} protocol needs the test images in memory")
-
-
-def _protocol_metrics(
-    model: Any, test_x: torch.Tensor, protocol: str | None, k: int, progress: bool
-) -> dict[str, Any]:
-    """The protocol's report on the fixed binarization of ``test_x`` (empty without one)."""
-    if protocol is None:
-        return {}
-    if not isinstance(getattr(model, "likelihood", None), Bernoulli):
-        raise ValueError(
-            f"the {PROTOCOL} protocol scores binary images with a Bernoulli likelihood"
-        )
-    bits = binarize_fixed(test_x)
-    return {"binarized_mnist": density_report(model, bits, num_samples=k, progress=progress)}
 
 
 def _dequantize(setting: str, likelihood: str, binarize: bool, data: ImageData) -> bool:
@@ -248,7 +211,7 @@ def train_run(
     deq = _dequantize(setting, mc.likelihood, tc.binarize, data)
     tc = replace(tc, dequantize=deq)
     if rc.protocol is not None:
-        _check_protocol_model(mc.likelihood, data.test_x)
+        check_protocol_model(mc.likelihood, data.test_x)
     run_config = {
         "model": asdict(mc),
         "model_family": rc.model_family,
@@ -322,7 +285,7 @@ def train_run(
         if len(data.image_shape) == 3:  # PSNR and corrupted inputs are image metrics
             metrics.update(image_metrics(model, data.test_x, eval_spec, tc.seed))
     metrics.update(
-        _protocol_metrics(model, data.test_x, rc.protocol, rc.protocol_samples, rc.progress)
+        protocol_metrics(model, data.test_x, rc.protocol, rc.protocol_samples, rc.progress)
     )
     step = len(history.epoch)  # also when a resumed run had no epochs left to train
     tracker.log_metrics(metrics, step)
@@ -414,8 +377,8 @@ def evaluate_run(
     )
     if len(data.image_shape) == 3:
         metrics.update(image_metrics(model, data.test_x, saved.get("corruption"), seed=0))
-    _check_protocol(protocol, saved["dataset"])
-    metrics.update(_protocol_metrics(model, data.test_x, protocol, protocol_samples, progress))
+    check_protocol(protocol, saved["dataset"])
+    metrics.update(protocol_metrics(model, data.test_x, protocol, protocol_samples, progress))
     write_json(run / "evaluation.json", metrics)
     return metrics
 
