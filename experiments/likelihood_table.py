@@ -37,7 +37,15 @@ import pyro
 import pyro.optim
 import torch
 
-from ppl_vae import ModelConfig, TrainConfig, build_model, fit, load_dataset, preset_config
+from ppl_vae import (
+    MODEL_PRESETS,
+    ModelConfig,
+    TrainConfig,
+    build_model,
+    fit,
+    load_dataset,
+    preset_config,
+)
 from ppl_vae.literature import (
     MODELS,
     PUBLISHED,
@@ -60,13 +68,13 @@ def model_config(name: str) -> ModelConfig:
 
 
 def train_config(name: str, args: argparse.Namespace, epochs: int, seed: int) -> TrainConfig:
-    m = MODELS[name]
+    preset = MODEL_PRESETS[MODELS[name].family]  # the IWAE models bring their objective
     return TrainConfig(
         epochs=epochs,
         batch_size=args.batch_size,
         lr=args.lr,
-        objective=m.objective,
-        num_particles=m.particles,
+        objective=preset.get("objective", "auto"),
+        num_particles=preset.get("particles", 1),
         binarize=True,  # a fresh binarization of the training images every epoch
         seed=seed,
         device=args.device,
@@ -175,8 +183,8 @@ def run_one(name: str, seed: int, args: argparse.Namespace, data: Any, bits: tor
         "description": MODELS[name].note,
         "architecture": "784-200-200-50 MLP, tanh (Burda et al.)",
         "model_config": asdict(mc),
-        "objective": MODELS[name].objective,
-        "particles": MODELS[name].particles,
+        "objective": train_config(name, args, 1, seed).objective,
+        "particles": train_config(name, args, 1, seed).num_particles,
         "budget_minutes": args.minutes,
         "batch_size": args.batch_size,
         "lr": f"{args.lr} → {args.lr_end} (exponential, per epoch)",

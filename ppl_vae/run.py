@@ -166,9 +166,10 @@ def _run_folder(rc: RunConfig) -> Path:
     return out.with_name(f"{out.name}-{os.getpid()}") if out.exists() else out
 
 
-def _check_resumable(ckpt: Path, run_config: dict[str, Any]) -> None:
-    """A run resumes only with the settings that made it: same model, data and corruption."""
-    saved = dict(load_checkpoint(ckpt)["config"])
+def _check_resumable(ckpt: Path, saved: dict[str, Any], run_config: dict[str, Any]) -> None:
+    """A run resumes only with the settings that made it (``saved``, the checkpoint's config):
+    same model, data and corruption."""
+    saved = dict(saved)
     if isinstance(saved.get("model"), dict):  # settings added later take their defaults
         saved["model"] = {**asdict(ModelConfig()), **saved["model"]}
     for key, value in run_config.items():
@@ -205,9 +206,10 @@ def train_run(
         name, kwargs = default_likelihood(data)
         mc = replace(mc, likelihood=name, likelihood_kwargs={**kwargs, **mc.likelihood_kwargs})
     tc = preset_objective(rc.model_family, tc)
+    saved = load_checkpoint(ckpt)["config"] if rc.resume and ckpt.exists() else None
     setting = rc.dequantize
-    if rc.resume and setting == "auto" and ckpt.exists():  # a run resumes as it was trained
-        setting = "on" if load_checkpoint(ckpt)["config"].get("dequantize") else "off"
+    if saved is not None and setting == "auto":  # a run resumes as it was trained
+        setting = "on" if saved.get("dequantize") else "off"
     deq = _dequantize(setting, mc.likelihood, tc.binarize, data)
     tc = replace(tc, dequantize=deq)
     if rc.protocol is not None:
@@ -223,7 +225,9 @@ def train_run(
         "dequantize": deq,
     }
     if rc.resume:
-        _check_resumable(ckpt, run_config)
+        if saved is None:
+            load_checkpoint(ckpt)  # raises the error that names the missing checkpoint
+        _check_resumable(ckpt, saved, run_config)
     elif ckpt.exists():
         raise CheckpointError(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
@@ -358,6 +362,7 @@ def evaluate_run(
     dev = resolve_device(device)
     model = load_model(run, device=dev)
     saved = _run_settings(run)
+    check_protocol(protocol, saved["dataset"])
     data = load_run_data(
         saved["dataset"],
         data_root,
@@ -367,6 +372,8 @@ def evaluate_run(
         saved.get("image_size"),
         saved.get("train", {}).get("seed", 0),
     )
+    if protocol is not None:
+        check_protocol_model(saved["model"]["likelihood"], data.test_x)
     metrics = evaluate(
         model,
         data.test_x,
@@ -377,7 +384,6 @@ def evaluate_run(
     )
     if len(data.image_shape) == 3:
         metrics.update(image_metrics(model, data.test_x, saved.get("corruption"), seed=0))
-    check_protocol(protocol, saved["dataset"])
     metrics.update(protocol_metrics(model, data.test_x, protocol, protocol_samples, progress))
     write_json(run / "evaluation.json", metrics)
     return metrics

@@ -42,6 +42,7 @@ PUBLIC_API: dict[str, set[str] | None] = {
         "History",
         "build_model",
         "preset_config",
+        "MODEL_PRESETS",
         "fit",
         "load_dataset",
         "elbo",
