@@ -62,9 +62,19 @@ ARCH = {"hidden": (200, 200), "latent_dim": 50, "activation": "tanh"}
 
 
 def model_config(name: str) -> ModelConfig:
-    """The model ``name`` of :data:`MODELS` on Burda et al.'s architecture."""
-    base = ModelConfig(**ARCH)
-    return preset_config(MODELS[name].family, base)
+    """The model ``name`` of :data:`MODELS` on Burda et al.'s architecture (784-200-200-50; the
+    nonlinearity and guide arguments the model names)."""
+    m = MODELS[name]
+    base = ModelConfig(**ARCH | {"activation": m.activation}, guide_kwargs=dict(m.guide_kwargs))
+    return preset_config(m.family, base)
+
+
+def architecture(name: str) -> str:
+    """The row's network, in words."""
+    m = MODELS[name]
+    who = " (Burda et al.)" if m.activation == "tanh" else ""
+    extra = "".join(f", {k}={v}" for k, v in m.guide_kwargs)
+    return f"784-200-200-50 MLP, {m.activation}{who}{extra}"
 
 
 def train_config(name: str, args: argparse.Namespace, epochs: int, seed: int) -> TrainConfig:
@@ -181,7 +191,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace, data: Any, bits: tor
         "model": name,
         "seed": seed,
         "description": MODELS[name].note,
-        "architecture": "784-200-200-50 MLP, tanh (Burda et al.)",
+        "architecture": architecture(name),
         "model_config": asdict(mc),
         "objective": train_config(name, args, 1, seed).objective,
         "particles": train_config(name, args, 1, seed).num_particles,

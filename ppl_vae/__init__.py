@@ -10,6 +10,8 @@ calling convention and the protocols to plug in your own parts.
 __version__ = "0.2.0"
 
 from . import (
+    completion,
+    conditional,
     corruptions,
     distributed,
     guides,
@@ -19,6 +21,7 @@ from . import (
     objectives,
     pca,
     priors,
+    semisupervised,
     sources,
     tracking,
 )
@@ -67,6 +70,8 @@ __all__ = [
     "as_program",
     "bits_per_dim",
     "build_model",
+    "completion",
+    "conditional",
     "corruptions",
     "data_plate",
     "default_likelihood",
@@ -97,6 +102,7 @@ __all__ = [
     "resolve_device",
     "resolve_objective",
     "save_checkpoint",
+    "semisupervised",
     "sources",
     "tracking",
 ]

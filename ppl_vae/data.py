@@ -195,7 +195,7 @@ class ImageData:
                 raise ValueError(f"{label} must be >= 0 or None, got {n}")
 
         def cut(y: torch.Tensor | None, n: int | None) -> torch.Tensor | None:
-            return None if y is None or n is None else y[:n]
+            return y if y is None or n is None else y[:n]
 
         return dataclasses.replace(
             self,

@@ -169,6 +169,10 @@ class IAFGuide(GuideFamily):
     conditional affine autoregressive transforms, each reading the context, map the base draw
     ``u ~ N(μ, σ²)`` to ``z``, so q(z|x) = N(u; μ, σ²) / |det ∂z/∂u|. The transforms' networks are
     parameters of this module (trained, checkpointed and resumed with the model).
+
+    ``stable=True`` uses the IAF paper's gated update z ← σ·z + (1 − σ)·m, whose gate starts near
+    1 (Pyro's sigmoid bias 2), so each flow starts close to the identity instead of a random affine
+    map; the plain update z ← μ + exp(s)·z is the default.
     """
 
     def __init__(
@@ -177,6 +181,7 @@ class IAFGuide(GuideFamily):
         num_flows: int = 2,
         context_dim: int | None = None,
         hidden: Sequence[int] | None = None,
+        stable: bool = False,
     ) -> None:
         super().__init__(latent_dim)
         if int(num_flows) != num_flows or num_flows < 1:
@@ -190,7 +195,8 @@ class IAFGuide(GuideFamily):
             T.ConditionalAffineAutoregressive(
                 ConditionalAutoRegressiveNN(
                     latent_dim, self.context_dim, hidden, permutation=orders[i % 2]
-                )
+                ),
+                stable=bool(stable),
             )
             for i in range(int(num_flows))
         )
@@ -213,7 +219,10 @@ class IAFGuide(GuideFamily):
         return z
 
     def extra_repr(self) -> str:
-        return f"latent_dim={self.latent_dim}, context_dim={self.context_dim}"
+        return (
+            f"latent_dim={self.latent_dim}, context_dim={self.context_dim}, "
+            f"num_flows={len(self.flows)}, stable={self.flows[0].stable}"
+        )
 
 
 #: Name → factory ``f(latent_dim, **kwargs) -> GuideFamily`` (the CLI's ``--guide``).

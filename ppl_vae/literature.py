@@ -155,6 +155,10 @@ class LiteratureModel:
 
     family: str
     note: str = ""
+    #: The MLP's nonlinearity: Burda et al.'s tanh unless the model needs another (see MODELS).
+    activation: str = "tanh"
+    #: Extra guide-family arguments (the IAF's number of flows, ...).
+    guide_kwargs: tuple[tuple[str, Any], ...] = ()
 
 
 #: The models the papers compare, by name (``experiments/likelihood_table.py --models``).
@@ -162,8 +166,21 @@ MODELS: dict[str, LiteratureModel] = {
     "vae": LiteratureModel("vae", note="diagonal Normal guide, N(0, I) prior, ELBO"),
     "iwae-5": LiteratureModel("iwae-5", "IWAE bound, k = 5 (Burda et al.)"),
     "iwae-50": LiteratureModel("iwae-50", "IWAE bound, k = 50 (Burda et al.)"),
-    "vampprior": LiteratureModel("vampprior", note="500 learnable pseudo-inputs (Tomczak)"),
-    "iaf": LiteratureModel("iaf", note="inverse autoregressive flow guide (Kingma et al.)"),
+    # The VampPrior runs on ReLU nets (Tomczak & Welling used gated units, not tanh): on Burda's
+    # tanh net with a tanh encoder *and* decoder it collapses within ~20 steps (every image gets
+    # the pseudo-inputs' posterior; ReLU in either net avoids it). "vae-relu" is its reference.
+    "vampprior": LiteratureModel(
+        "vampprior", note="500 learnable pseudo-inputs (Tomczak), ReLU nets", activation="relu"
+    ),
+    "vae-relu": LiteratureModel(
+        "vae", note="the VAE on the VampPrior's ReLU nets", activation="relu"
+    ),
+    "iaf": LiteratureModel(
+        "iaf",
+        note="IAF guide (Kingma et al.): 4 gated flows, each started near the identity",
+        guide_kwargs=(("num_flows", 4), ("stable", True)),
+    ),
+    "iaf-affine": LiteratureModel("iaf", note="IAF guide: 2 plain affine flows (random start)"),
     "gmvae": LiteratureModel("gmvae", note="mixture prior, component summed out by enumeration"),
 }
 

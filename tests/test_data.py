@@ -410,6 +410,8 @@ def test_image_data_subset_and_shape():
     assert ds.train_x.shape[0] == 10  # original untouched
     only_train = ds.subset(n_train=5)
     assert only_train.train_x.shape[0] == 5 and only_train.test_x.shape[0] == 4
+    # "all" of a split keeps its labels too (they used to be dropped)
+    assert torch.equal(only_train.test_y, ds.test_y) and only_train.train_y.shape[0] == 5
     assert ds.subset(100).train_x.shape[0] == 10
     with pytest.raises(ValueError):
         ds.subset(-1)

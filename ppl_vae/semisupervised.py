@@ -1,0 +1,693 @@
+"""The semi-supervised VAE M2 of Kingma et al. (2014) as a Pyro model/guide pair.
+
+This follows Pyro's own example ``examples/vae/ss_vae_M2.py`` and its tutorial
+(https://pyro.ai/examples/ss-vae.html), the "third variant": the label is summed out of the
+unsupervised ELBO by parallel enumeration and an auxiliary classification loss trains q(y|x) on
+the labelled images.
+
+Model and guide::
+
+    p(y) = Categorical(1/K, ..., 1/K)    p(z) = N(0, I)    p(x | y, z) = Bernoulli(decoder(y, z))
+    q(y | x) = Categorical(encoder_y(x))    q(z | x, y) = N(encoder_z(x, y))
+
+For a labelled pair the ELBO is L(x, y) = E_q(z|x,y)[log p(x|y,z) + log p(y) + log p(z) - log
+q(z|x,y)]; for an unlabelled image U(x) = Σ_y q(y|x) [L(x, y) - log q(y|x)], the sum over the
+K labels done exactly by ``TraceEnum_ELBO`` (one z draw per label). Kingma's objective (their
+eq. 9) is J^α = Σ_labelled -L(x, y) + Σ_unlabelled -U(x) + α' Σ_labelled -log q(y|x), with
+α' = ``aux_loss_multiplier`` (46 in Pyro's example).
+
+Data: grey levels in [0, 1] scored with the Bernoulli cross-entropy, as in Pyro's example (the
+images are not binarised; for grey levels this is the usual unnormalised MNIST likelihood).
+Values outside [0, 1] are refused.
+
+Training (:func:`fit_ssvae`) is Pyro's: each epoch walks the unlabelled images in batches and
+inserts a labelled batch every ``int(N / sup_num)`` batches until the labelled images are used
+up; every batch takes one step of the ELBO's SVI and one of the auxiliary loss's SVI, both on one
+Adam. Scaling: the data plate is ``data_plate(x, num_data)`` with ``num_data`` the size of the
+set the batch comes from (labelled or unlabelled), so a step's loss is an unbiased estimate for
+that whole set, and the trainer weights a step of a kind with ``n / n_kind`` (``n`` batches per
+epoch, ``n_kind`` of that kind): each step's loss is then an unbiased estimate of the whole
+J^α, whichever kind of batch it is, and every image carries the same weight in the gradient, as
+in Pyro's example (where the per-batch sums are unscaled): exactly so when every batch is full,
+as Pyro's script requires, and in expectation over the shuffles otherwise. Scaling each kind to
+its own set alone would weight a labelled image ``N_unlabelled / N_labelled`` times less than
+Pyro does (500 times less with 100 labels) and starve the classifier.
+
+This trainer is separate from :func:`ppl_vae.fit` because M2 trains on two data streams with
+two objectives; the model and guide are ordinary Pyro programs and score with Pyro's ELBOs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
+from pyro.optim import Adam
+from torch import nn
+from torch.nn import functional as F
+
+from . import likelihoods
+from .checkpoint import load_checkpoint, param_store_state, save_checkpoint
+from .errors import CheckpointError, DataError, TrainingDivergedError
+from .program import data_plate
+
+__all__ = [
+    "PYRO_EXAMPLE",
+    "PYRO_PUBLISHED",
+    "SSVAE",
+    "SSHistory",
+    "SSTrainConfig",
+    "SemiSupervisedSplit",
+    "accuracy",
+    "batch_schedule",
+    "fit_ssvae",
+    "split_labelled",
+]
+
+#: Name under which the networks are registered with ``pyro.module``.
+MODULE_NAME = "ssvae"
+
+#: The settings of Pyro's ``examples/vae/ss_vae_M2.py`` (its ``EXAMPLE_RUN`` line: -zd 50 -hl 500
+#: -lr 0.00042 -b1 0.95 -bs 200 -alm 46 --aux-loss -enum parallel; 50 epochs is the script's
+#: default ``-n``). Its MLPs use softplus hidden units and draw initial weights and biases from
+#: N(0, 0.001²).
+PYRO_EXAMPLE: dict[str, Any] = {
+    "z_dim": 50,
+    "hidden": (500,),
+    "lr": 0.00042,
+    "beta1": 0.95,
+    "batch_size": 200,
+    "aux_loss_multiplier": 46.0,
+    "epochs": 50,
+    "init_std": 1e-3,
+    "validation_num": 10_000,
+}
+
+#: Pyro's published test accuracies of this model (the tutorial's "third variant": enumeration
+#: plus the auxiliary loss), mean (95% confidence half-width) over five random selections of the
+#: labelled images. Source: Pyro tutorial "The Semi-Supervised VAE", Table 1
+#: (https://pyro.ai/examples/ss-vae.html; tutorial/source/ss-vae.ipynb in pyro-ppl/pyro).
+#: ``sup_num: (M2 accuracy, its CI, baseline classifier on the labelled images alone, its CI)``.
+PYRO_PUBLISHED: dict[int, tuple[float, float, float, float]] = {
+    100: (0.9319, 0.0060, 0.7712, 0.0159),
+    600: (0.9437, 0.0070, 0.8716, 0.0064),
+    1000: (0.9487, 0.0038, 0.8863, 0.0025),
+    3000: (0.9582, 0.0012, 0.9108, 0.0015),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Networks and the model/guide pair
+# --------------------------------------------------------------------------------------------
+
+
+class _JointMLP(nn.Module):
+    """An MLP of the concatenation ``[a, one_hot(y)]``, computed without concatenating.
+
+    The first layer is split, ``W [a; y] + b = W_a a + b + W_y y``, so under enumeration the
+    ``(K, 1, ·)`` label term broadcasts against the ``(B, ·)`` data term: the large data product
+    is computed once per image instead of once per image and label (the same function).
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, hidden: Sequence[int], out_dim: int) -> None:
+        super().__init__()
+        sizes = [*hidden, out_dim]
+        self.a_part = nn.Linear(in_dim, sizes[0])
+        self.y_part = nn.Linear(num_classes, sizes[0], bias=False)
+        layers: list[nn.Module] = []
+        for a, b in itertools.pairwise(sizes):
+            layers += [nn.Softplus(), nn.Linear(a, b)]
+        self.rest = nn.Sequential(*layers)
+
+    def forward(self, a: torch.Tensor, y_onehot: torch.Tensor) -> torch.Tensor:
+        return self.rest(self.a_part(a) + self.y_part(y_onehot))
+
+
+def _mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
+    sizes = [in_dim, *hidden, out_dim]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.Softplus())
+    return nn.Sequential(*layers)
+
+
+class SSVAE(nn.Module):
+    """M2: a label y and a style z generate an image; q(y|x) is the classifier.
+
+    Args:
+        input_shape: shape of one image, e.g. ``(1, 28, 28)`` (read off the data, flattened
+            inside).
+        num_classes: K, the number of labels (uniform prior over them).
+        z_dim: size of the style code z.
+        hidden: hidden layer sizes of all three MLPs (softplus units, as in Pyro's example).
+        aux_loss_multiplier: α', the weight of -log q(y|x) on labelled images (Pyro: 46).
+        init_std: initial weights and biases are drawn from N(0, init_std²), Pyro's example's
+            initialisation (1e-3: every network starts near a constant function).
+        seed: the initial weights are a function of this seed alone (the global random streams
+            are neither used nor changed).
+
+    ``model``/``guide`` take ``(xs, ys=None, num_data=None)``: images ``(B, *input_shape)``,
+    int64 labels ``(B,)`` or None (unlabelled: the guide enumerates y), and the size of the
+    set the batch is drawn from (the plate scales the batch's log density by ``num_data / B``).
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int = 10,
+        z_dim: int = PYRO_EXAMPLE["z_dim"],
+        hidden: Sequence[int] = PYRO_EXAMPLE["hidden"],
+        aux_loss_multiplier: float = PYRO_EXAMPLE["aux_loss_multiplier"],
+        init_std: float = PYRO_EXAMPLE["init_std"],
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if z_dim < 1 or any(h < 1 for h in hidden):
+            raise ValueError(f"z_dim and hidden sizes must be positive, got {z_dim}, {hidden}")
+        if not aux_loss_multiplier >= 0:
+            raise ValueError(f"aux_loss_multiplier must be >= 0, got {aux_loss_multiplier}")
+        if not init_std > 0:
+            raise ValueError(f"init_std must be > 0, got {init_std}")
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.num_classes, self.z_dim = int(num_classes), int(z_dim)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.aux_loss_multiplier = float(aux_loss_multiplier)
+        d = math.prod(self.input_shape)
+        self.encoder_y = _mlp(d, self.hidden, self.num_classes)  # logits of q(y|x)
+        self.encoder_z = _JointMLP(d, self.num_classes, self.hidden, 2 * self.z_dim)
+        self.decoder = _JointMLP(self.z_dim, self.num_classes, self.hidden, d)  # logits
+        self.likelihood = likelihoods.Bernoulli()
+        self.likelihood.event_dim = 1  # images are flattened: one event of d pixels
+        self.reset_parameters(seed, init_std)
+
+    def reset_parameters(self, seed: int, init_std: float = PYRO_EXAMPLE["init_std"]) -> None:
+        """Draw every weight and bias from N(0, init_std²) with a generator seeded by ``seed``."""
+        g = torch.Generator().manual_seed(int(seed))
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * init_std)
+
+    # ------------------------------------------------------------------ the networks
+    def _flat(self, xs: torch.Tensor) -> torch.Tensor:
+        return xs.reshape(xs.shape[0], -1)
+
+    def _onehot(self, ys: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(ys, self.num_classes).to(like.dtype)
+
+    def classifier_logits(self, xs: torch.Tensor) -> torch.Tensor:
+        """Logits of q(y|x), ``(B, K)``."""
+        return self.encoder_y(self._flat(xs))
+
+    def z_params(self, xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loc, scale)`` of q(z|x, y); ``ys`` are labels, which may be an enumerated ``(K, 1)``
+        (then the result is ``(K, B, z_dim)``)."""
+        out = self.encoder_z(self._flat(xs), self._onehot(ys, xs))
+        loc, log_scale = out.split(self.z_dim, dim=-1)
+        return loc, log_scale.exp()  # Pyro's example: exp of the raw output
+
+    def decoder_logits(self, zs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        """Logits of p(x|y, z), flattened: ``(..., B, prod(input_shape))``."""
+        return self.decoder(zs, self._onehot(ys, zs))
+
+    def predict(self, xs: torch.Tensor) -> torch.Tensor:
+        """The most probable label under q(y|x), ``(B,)`` int64."""
+        return self.classifier_logits(xs).argmax(dim=-1)
+
+    # ------------------------------------------------------------------ the Pyro program
+    def model(
+        self, xs: torch.Tensor, ys: torch.Tensor | None = None, num_data: int | None = None
+    ) -> torch.Tensor:
+        """p(y) p(z) p(x | y, z); ``ys`` observed when given, else supplied by the guide."""
+        pyro.module(MODULE_NAME, self)
+        b = xs.shape[0]
+        x = self._flat(xs)
+        with data_plate(xs, num_data):
+            zs = pyro.sample(
+                "z", dist.Normal(x.new_zeros(b, self.z_dim), x.new_ones(b, self.z_dim)).to_event(1)
+            )
+            ys = pyro.sample("y", dist.Categorical(logits=x.new_zeros(b, self.num_classes)), obs=ys)
+            logits = self.decoder_logits(zs, ys)
+            return pyro.sample("x", self.likelihood(logits), obs=x)
+
+    def guide(
+        self, xs: torch.Tensor, ys: torch.Tensor | None = None, num_data: int | None = None
+    ) -> None:
+        """q(y | x) (enumerated in parallel when ``ys`` is None) and q(z | x, y)."""
+        pyro.module(MODULE_NAME, self)
+        with data_plate(xs, num_data):
+            if ys is None:
+                ys = pyro.sample(
+                    "y",
+                    dist.Categorical(logits=self.classifier_logits(xs)),
+                    infer={"enumerate": "parallel"},
+                )
+            loc, scale = self.z_params(xs, ys)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    def model_classify(
+        self, xs: torch.Tensor, ys: torch.Tensor | None = None, num_data: int | None = None
+    ) -> None:
+        """The auxiliary loss α' · -log q(y|x) on labelled images (nothing to score without
+        labels). Pyro's example registers the networks either way; so does this."""
+        pyro.module(MODULE_NAME, self)
+        if ys is None:
+            return
+        with data_plate(xs, num_data), poutine.scale(scale=self.aux_loss_multiplier):
+            pyro.sample("y_aux", dist.Categorical(logits=self.classifier_logits(xs)), obs=ys)
+
+    def guide_classify(
+        self, xs: torch.Tensor, ys: torch.Tensor | None = None, num_data: int | None = None
+    ) -> None:
+        """The auxiliary loss has no latent variables: an empty guide."""
+
+    # ------------------------------------------------------------------ checks
+    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
+        """Raise :class:`DataError` unless ``x`` is a finite float batch of images of this
+        model's shape with values in [0, 1] (the Bernoulli likelihood's range)."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise DataError(f"{what} must be a floating-point tensor, got {_describe(x)}")
+        if x.dim() == 0 or x.shape[0] == 0:
+            raise DataError(f"{what} is empty")
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise DataError(
+                f"{what} has shape {tuple(x.shape)}, expected (N, *{self.input_shape}): the "
+                "shape the model was built for"
+            )
+        if not torch.isfinite(x).all():
+            raise DataError(f"{what} contains NaN/Inf values")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            raise DataError(
+                f"{what} spans [{lo:.4g}, {hi:.4g}], but the Bernoulli likelihood scores values "
+                "in [0, 1] only (grey levels or bits): rescale the images to [0, 1], e.g. bytes "
+                "/ 255"
+            )
+
+    def check_labels(self, y: torch.Tensor, n: int, what: str = "labels") -> None:
+        """Raise :class:`DataError` unless ``y`` holds ``n`` integer labels in [0, K)."""
+        if not isinstance(y, torch.Tensor) or y.dtype != torch.int64:
+            raise DataError(
+                f"{what} must be an int64 tensor of class indices, got {_describe(y)} "
+                "(one-hot labels: pass y.argmax(-1))"
+            )
+        _check_label_values(y, n, self.num_classes, what)
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
+    return type(x).__name__
+
+
+def _check_label_values(y: torch.Tensor, n: int, num_classes: int, what: str) -> None:
+    if y.shape == (n, num_classes):
+        raise DataError(f"{what} look one-hot {tuple(y.shape)}: pass class indices, y.argmax(-1)")
+    if y.shape != (n,):
+        raise DataError(f"{what} must have shape ({n},), one per image; got {tuple(y.shape)}")
+    if n and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise DataError(
+            f"{what} span [{int(y.min())}, {int(y.max())}], outside the classes "
+            f"0..{num_classes - 1}"
+        )
+
+
+@torch.no_grad()
+def accuracy(model: SSVAE, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Fraction of images whose most probable label under q(y|x) is the true one."""
+    model.check_data(x, "images")
+    model.check_labels(y, x.shape[0])
+    correct = 0
+    for i in range(0, x.shape[0], batch_size):
+        correct += int((model.predict(x[i : i + batch_size]) == y[i : i + batch_size]).sum())
+    return correct / x.shape[0]
+
+
+# --------------------------------------------------------------------------------------------
+# The labelled / unlabelled / validation split
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class SemiSupervisedSplit:
+    """Training images split as in Pyro's example: ``sup_x``/``sup_y`` the labelled images
+    (balanced across classes), ``unsup_x`` the rest of the training part (their labels are
+    not kept, so training cannot see them), ``valid_x``/``valid_y`` the held-out validation
+    images, and ``sup_index``/``unsup_index`` the positions of the labelled and unlabelled
+    images in the original training tensor (to record or reproduce the split)."""
+
+    sup_x: torch.Tensor
+    sup_y: torch.Tensor
+    unsup_x: torch.Tensor
+    valid_x: torch.Tensor
+    valid_y: torch.Tensor
+    sup_index: torch.Tensor
+    unsup_index: torch.Tensor
+
+    @property
+    def num_train(self) -> int:
+        """Labelled plus unlabelled images: the N of the objective."""
+        return self.sup_x.shape[0] + self.unsup_x.shape[0]
+
+
+def split_labelled(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sup_num: int,
+    *,
+    validation_num: int = PYRO_EXAMPLE["validation_num"],
+    num_classes: int = 10,
+    seed: int = 0,
+) -> SemiSupervisedSplit:
+    """Pyro's split: the last ``validation_num`` images are the validation set; from the others
+    ``sup_num / num_classes`` images of each class, drawn with ``seed``, keep their labels and
+    the remaining images are unlabelled.
+
+    Raises :class:`DataError` when ``sup_num`` is not a positive multiple of ``num_classes``,
+    when the data are too few (for the validation set, or for ``sup_num / num_classes`` images
+    of some class), or when images and labels do not match.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        raise DataError(f"images must be a tensor (N, ...), got {_describe(x)}")
+    n = x.shape[0]
+    if not isinstance(y, torch.Tensor) or y.dtype != torch.int64:
+        raise DataError(f"labels must be an int64 tensor of class indices, got {_describe(y)}")
+    _check_label_values(y, n, num_classes, "labels")
+    if isinstance(sup_num, bool) or int(sup_num) != sup_num or sup_num <= 0:
+        raise DataError(f"sup_num must be a positive integer, got {sup_num!r}")
+    if sup_num % num_classes:
+        raise DataError(
+            f"sup_num = {sup_num} is not a multiple of the {num_classes} classes: the labelled "
+            "images are balanced across classes (Pyro's example), so pick a multiple"
+        )
+    if not 0 <= validation_num < n:
+        raise DataError(
+            f"validation_num = {validation_num} must leave training images: the data hold {n}"
+        )
+    n_train = n - validation_num
+    if sup_num > n_train:
+        raise DataError(
+            f"sup_num = {sup_num} is larger than the {n_train} training images "
+            f"({n} minus {validation_num} for validation)"
+        )
+    per_class = sup_num // num_classes
+    g = torch.Generator().manual_seed(int(seed))
+    train_y = y[:n_train].cpu()
+    sup = []
+    for c in range(num_classes):
+        idx = (train_y == c).nonzero().flatten()
+        if idx.numel() < per_class:
+            raise DataError(
+                f"class {c} has {idx.numel()} training images, fewer than the {per_class} "
+                f"labelled ones per class that sup_num = {sup_num} asks for"
+            )
+        sup.append(idx[torch.randperm(idx.numel(), generator=g)[:per_class]])
+    sup_index = torch.cat(sup)
+    is_sup = torch.zeros(n_train, dtype=torch.bool)
+    is_sup[sup_index] = True
+    unsup_index = (~is_sup).nonzero().flatten()
+    dev = x.device
+    return SemiSupervisedSplit(
+        sup_x=x[sup_index.to(dev)],
+        sup_y=y[sup_index.to(y.device)],
+        unsup_x=x[unsup_index.to(dev)],
+        valid_x=x[n_train:],
+        valid_y=y[n_train:],
+        sup_index=sup_index,
+        unsup_index=unsup_index,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SSTrainConfig:
+    """How to train M2. Defaults are Pyro's example's (:data:`PYRO_EXAMPLE`)."""
+
+    epochs: int = PYRO_EXAMPLE["epochs"]
+    batch_size: int = PYRO_EXAMPLE["batch_size"]
+    lr: float = PYRO_EXAMPLE["lr"]
+    #: Adam's β1 (β2 = 0.999).
+    beta1: float = PYRO_EXAMPLE["beta1"]
+    #: Seeds the batch order and the noise of z ~ q (the weights come from ``SSVAE(seed=...)``).
+    seed: int = 0
+    #: Pyro's example steps the auxiliary SVI on every batch. On an unlabelled batch its loss is
+    #: zero, yet Adam still moves the parameters along its momentum (a zero-gradient step on the
+    #: shared optimiser). True reproduces the published recipe; False steps it on labelled
+    #: batches only.
+    aux_every_batch: bool = True
+    #: Wall-clock budget in seconds (None: none): no epoch is started that would, at the mean
+    #: epoch time so far, end after it. Counts the epochs of earlier, resumed invocations.
+    max_seconds: float | None = None
+    eval_batch_size: int = 1000
+
+    def validate(self) -> None:
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if isinstance(self.batch_size, bool) or int(self.batch_size) != self.batch_size:
+            raise ValueError(f"batch_size must be an integer, got {self.batch_size!r}")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not 0 <= self.beta1 < 1:
+            raise ValueError(f"beta1 must lie in [0, 1), got {self.beta1}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0 or None, got {self.max_seconds}")
+
+
+@dataclass
+class SSHistory:
+    """Per-epoch record. Losses are in nats per image of their set, averaged over the epoch's
+    steps (parameters change during the epoch): ``sup_loss`` = -L(x, y) per labelled image,
+    ``unsup_loss`` = -U(x) per unlabelled image, ``aux_loss`` = α' · -log q(y|x) per labelled
+    image, ``objective`` = J^α per training image. Accuracies use q(y|x)'s most probable label;
+    ``test_accuracy`` is NaN when no test set was given (it is logged, never used to choose)."""
+
+    epoch: list[int] = field(default_factory=list)
+    sup_loss: list[float] = field(default_factory=list)
+    unsup_loss: list[float] = field(default_factory=list)
+    aux_loss: list[float] = field(default_factory=list)
+    objective: list[float] = field(default_factory=list)
+    valid_accuracy: list[float] = field(default_factory=list)
+    test_accuracy: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, list]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SSHistory:
+        return cls(**{k: list(v) for k, v in d.items()})
+
+    def best(self) -> int | None:
+        """Index of the epoch with the best validation accuracy (the first of ties)."""
+        if not self.valid_accuracy:
+            return None
+        return max(range(len(self.valid_accuracy)), key=lambda i: (self.valid_accuracy[i], -i))
+
+
+def batch_schedule(sup_batches: int, unsup_batches: int, interval: int) -> list[bool]:
+    """Which batches of an epoch are labelled (True), after Pyro's ``run_inference_for_epoch``:
+    batch ``i`` is labelled when ``i % interval == 1`` while labelled batches remain. Unlike
+    Pyro's loop this never runs out of unlabelled batches: once they are used up, the labelled
+    ones that are left follow (and ``interval`` 1 means labelled first)."""
+    if interval < 1:
+        raise ValueError(f"interval must be >= 1, got {interval}")
+    kinds, s, u = [], 0, 0
+    for i in range(sup_batches + unsup_batches):
+        sup = s < sup_batches and (u == unsup_batches or i % interval == 1 % interval)
+        kinds.append(sup)
+        s, u = s + sup, u + (not sup)
+    return kinds
+
+
+def _clear_store_entries() -> None:
+    """Drop stale param-store entries of our module name: ``pyro.module`` would otherwise hand
+    SVI an earlier model's tensors, which this model never computes with."""
+    store = pyro.get_param_store()
+    for name in [n for n in store.keys() if n.startswith(MODULE_NAME + "$$$")]:
+        del store[name]
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
+
+
+def _param_names(model: SSVAE) -> list[str]:
+    return sorted(f"{MODULE_NAME}$$${n}" for n, _ in model.named_parameters())
+
+
+def fit_ssvae(
+    model: SSVAE,
+    split: SemiSupervisedSplit,
+    config: SSTrainConfig | None = None,
+    *,
+    test: tuple[torch.Tensor, torch.Tensor] | None = None,
+    checkpoint_path: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> SSHistory:
+    """Train M2 on a :class:`SemiSupervisedSplit` the way Pyro's example does (module docstring).
+
+    Each epoch draws a new order of the labelled and of the unlabelled images (from
+    ``config.seed`` and the epoch), interleaves their batches (:func:`batch_schedule`, a labelled
+    batch every ``int(N / sup_num)``), and takes one ``TraceEnum_ELBO(max_plate_nesting=1)`` SVI
+    step and one auxiliary-loss SVI step per batch on one Adam. After each epoch the validation
+    accuracy (and the test accuracy, when ``test`` is given) is recorded and, with
+    ``checkpoint_path``, the whole state is written atomically; ``resume`` continues such a run
+    exactly. The same seeds (``SSVAE(seed=...)`` and ``config.seed``) give the same run.
+
+    Raises :class:`DataError` for images outside [0, 1], of the wrong shape, or labels out of
+    range, and :class:`TrainingDivergedError` if a loss stops being finite.
+    """
+    config = config or SSTrainConfig()
+    config.validate()
+    for what, x in (("labelled images", split.sup_x), ("unlabelled images", split.unsup_x)):
+        model.check_data(x, what)
+    model.check_labels(split.sup_y, split.sup_x.shape[0], "labels of the labelled images")
+    model.check_data(split.valid_x, "validation images")
+    model.check_labels(split.valid_y, split.valid_x.shape[0], "validation labels")
+    if test is not None:
+        model.check_data(test[0], "test images")
+        model.check_labels(test[1], test[0].shape[0], "test labels")
+    device = split.sup_x.device
+    model.to(device)
+
+    n_sup, n_unsup = split.sup_x.shape[0], split.unsup_x.shape[0]
+    n_total = n_sup + n_unsup
+    bs = int(config.batch_size)
+    sup_batches, unsup_batches = math.ceil(n_sup / bs), math.ceil(n_unsup / bs)
+    kinds = batch_schedule(sup_batches, unsup_batches, max(1, n_total // n_sup))
+    n_steps = len(kinds)
+    # a step of a kind, weighted n / n_kind, estimates the whole J^α (module docstring)
+    weight = {True: n_steps / sup_batches, False: n_steps / unsup_batches}
+
+    optim = Adam({"lr": config.lr, "betas": (config.beta1, 0.999)})
+    elbo = TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)
+    svi = SVI(model.model, model.guide, optim, loss=elbo)
+    svi_aux = SVI(model.model_classify, model.guide_classify, optim, loss=Trace_ELBO())
+
+    history, start = SSHistory(), 0
+    _clear_store_entries()
+    if resume:
+        if checkpoint_path is None or not Path(checkpoint_path).exists():
+            raise CheckpointError(
+                f"resume requested but there is no checkpoint at {checkpoint_path}"
+            )
+        ckpt = load_checkpoint(checkpoint_path, map_location=device)
+        if ckpt.get("kind") != "ssvae":
+            raise CheckpointError(f"{checkpoint_path} is not a checkpoint of fit_ssvae")
+        try:
+            model.load_state_dict(ckpt["model_state"])
+        except RuntimeError as e:
+            raise CheckpointError(f"the checkpoint does not fit this model: {e}") from e
+        optim.set_state(ckpt["optim_state"])
+        history, start = SSHistory.from_dict(ckpt["history"]), int(ckpt["epoch"])
+        torch.set_rng_state(ckpt["torch_rng_state"].cpu())
+    else:
+        pyro.set_rng_seed(config.seed)
+
+    for epoch in range(start, config.epochs):
+        spent = sum(history.seconds)
+        if (
+            config.max_seconds is not None
+            and history.seconds
+            and spent + spent / len(history.seconds) > config.max_seconds
+        ):
+            if progress:
+                print(f"stopping before epoch {epoch + 1}: the time budget would be exceeded")
+            break
+        t0 = time.perf_counter()
+        # the order is a function of (seed, epoch) alone: a resumed run sees the same batches
+        g = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch))
+        order = {
+            True: torch.randperm(n_sup, generator=g).to(device),
+            False: torch.randperm(n_unsup, generator=g).to(device),
+        }
+        pos = {True: 0, False: 0}
+        sums = {"sup": 0.0, "unsup": 0.0, "aux": 0.0}
+        for i, sup in enumerate(kinds):
+            idx = order[sup][pos[sup] : pos[sup] + bs]
+            pos[sup] += bs
+            xs = (split.sup_x if sup else split.unsup_x)[idx]
+            ys = split.sup_y[idx] if sup else None
+            n_set = n_sup if sup else n_unsup
+            with poutine.scale(scale=weight[sup]):
+                loss = svi.step(xs, ys, n_set)
+                aux = svi_aux.step(xs, ys, n_set) if sup or config.aux_every_batch else 0.0
+            if not (math.isfinite(loss) and math.isfinite(aux)):
+                raise TrainingDivergedError(
+                    f"training diverged: the loss became {loss if not math.isfinite(loss) else aux}"
+                    f" at epoch {epoch + 1}, batch {i + 1}/{n_steps}; try a smaller learning rate",
+                    epoch=epoch + 1,
+                    step=i + 1,
+                )
+            # undo the weight: an estimate of the negative ELBO of the batch's whole set
+            sums["sup" if sup else "unsup"] += loss / weight[sup]
+            sums["aux"] += aux / weight[sup]
+        sup_loss = sums["sup"] / sup_batches / n_sup
+        unsup_loss = sums["unsup"] / unsup_batches / n_unsup
+        aux_loss = sums["aux"] / sup_batches / n_sup
+        objective = (n_sup * (sup_loss + aux_loss) + n_unsup * unsup_loss) / n_total
+        model.eval()
+        valid_acc = accuracy(model, split.valid_x, split.valid_y, config.eval_batch_size)
+        test_acc = (
+            float("nan")
+            if test is None
+            else accuracy(model, test[0], test[1], config.eval_batch_size)
+        )
+        model.train()
+        seconds = time.perf_counter() - t0
+        for key, value in (
+            ("epoch", epoch + 1),
+            ("sup_loss", sup_loss),
+            ("unsup_loss", unsup_loss),
+            ("aux_loss", aux_loss),
+            ("objective", objective),
+            ("valid_accuracy", valid_acc),
+            ("test_accuracy", test_acc),
+            ("seconds", seconds),
+        ):
+            getattr(history, key).append(value)
+        if progress:
+            print(
+                f"epoch {epoch + 1:3d}/{config.epochs}  loss/image: labelled {sup_loss:8.2f}  "
+                f"unlabelled {unsup_loss:8.2f}  aux {aux_loss:7.3f}  J {objective:8.2f}  "
+                f"valid acc {valid_acc:.4f}"
+                + ("" if test is None else f"  test acc {test_acc:.4f}")
+                + f"  ({seconds:.1f}s)",
+                flush=True,
+            )
+        if checkpoint_path is not None:
+            save_checkpoint(
+                checkpoint_path,
+                {
+                    "kind": "ssvae",
+                    "param_store": param_store_state(_param_names(model)),
+                    "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "optim_state": optim.get_state(),
+                    "history": history.to_dict(),
+                    "epoch": epoch + 1,
+                    "config": {"train": asdict(config)},
+                    "torch_rng_state": torch.get_rng_state(),
+                },
+            )
+    return history

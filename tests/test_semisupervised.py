@@ -1,0 +1,267 @@
+"""The semi-supervised VAE M2 (:mod:`ppl_vae.semisupervised`): losses against hand-written math,
+the split, the schedule, bad input, reproducibility, resume, and the experiment script.
+
+The loss tests run in float64 on a tiny network and read the draws of z from the very trace the
+ELBO scored, so the comparison is exact up to rounding: Pyro's enumerated ELBO must equal
+Σ_y q(y|x) [log p(y) + log p(x|y,z_y) + log p(z_y) − log q(z_y|x,y) − log q(y|x)].
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from torch.distributions import Normal
+from torch.nn import functional as F
+
+from ppl_vae.errors import CheckpointError, DataError
+from ppl_vae.semisupervised import (
+    PYRO_PUBLISHED,
+    SSVAE,
+    SemiSupervisedSplit,
+    SSTrainConfig,
+    accuracy,
+    batch_schedule,
+    fit_ssvae,
+    split_labelled,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = (1, 4, 4)
+K = 10
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # these tiny networks gain nothing from a second thread, and on a busy machine its spinning
+    # made the training tests ~20x slower
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> SSVAE:
+    # init_std 0.3: a far-from-uniform q(y|x), so a wrong weighting of the labels would show
+    return SSVAE(SHAPE, z_dim=3, hidden=(8,), init_std=0.3, seed=seed).to(dtype)
+
+
+def images(n: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.rand(n, *SHAPE, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def tiny_split(n_train: int = 120, sup_num: int = 20, n_valid: int = 30) -> SemiSupervisedSplit:
+    x = images(n_train + n_valid)
+    y = torch.arange(n_train + n_valid) % K
+    return split_labelled(x, y, sup_num, validation_num=n_valid, seed=0)
+
+
+def log_bernoulli(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(
+        -1
+    )
+
+
+# ------------------------------------------------------------------------------ the losses
+@pytest.mark.parametrize("num_data", [None, 40])
+def test_enumerated_loss_is_the_sum_over_labels(num_data: int | None) -> None:
+    m, b = tiny_model(dtype=torch.float64), 5
+    xs = images(b, dtype=torch.float64)
+    guide = poutine.trace(m.guide)  # records the z the ELBO draws
+    loss = TraceEnum_ELBO(max_plate_nesting=1).loss(m.model, guide, xs, None, num_data)
+    z = guide.trace.nodes["z"]["value"]
+    assert z.shape == (K, b, 3), "one z per label and image"
+
+    with torch.no_grad():
+        log_qy = F.log_softmax(m.classifier_logits(xs), -1).T  # (K, B)
+        ys = torch.arange(K).reshape(K, 1)
+        loc, scale = m.z_params(xs, ys)  # (K, B, z)
+        log_qz = Normal(loc, scale).log_prob(z).sum(-1)
+        log_pz = Normal(0.0, 1.0).log_prob(z).sum(-1)
+        log_px = log_bernoulli(m.decoder_logits(z, ys), xs.reshape(b, -1))
+        per_label = -math.log(K) + log_px + log_pz - log_qz - log_qy
+        hand = -(log_qy.exp() * per_label).sum() * ((num_data or b) / b)
+    assert loss == pytest.approx(float(hand), rel=1e-10)
+
+
+def test_supervised_and_auxiliary_losses_by_hand() -> None:
+    m, b, n = tiny_model(dtype=torch.float64), 6, 60
+    xs, ys = images(b, dtype=torch.float64), torch.tensor([0, 3, 9, 3, 1, 7])
+    guide = poutine.trace(m.guide)
+    loss = TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False).loss(
+        m.model, guide, xs, ys, n
+    )
+    z = guide.trace.nodes["z"]["value"]
+    assert z.shape == (b, 3)
+    aux = Trace_ELBO().loss(m.model_classify, m.guide_classify, xs, ys, n)
+    with torch.no_grad():
+        loc, scale = m.z_params(xs, ys)
+        elbo = (
+            -math.log(K)
+            + log_bernoulli(m.decoder_logits(z, ys), xs.reshape(b, -1))
+            + Normal(0.0, 1.0).log_prob(z).sum(-1)
+            - Normal(loc, scale).log_prob(z).sum(-1)
+        )
+        ce = F.cross_entropy(m.classifier_logits(xs), ys, reduction="sum")
+    assert loss == pytest.approx(float(-elbo.sum() * n / b), rel=1e-10)
+    assert aux == pytest.approx(float(46.0 * ce * n / b), rel=1e-10)
+    # without labels the auxiliary loss has nothing to score
+    assert Trace_ELBO().loss(m.model_classify, m.guide_classify, xs, None, n) == 0.0
+
+
+def test_accuracy_is_that_of_the_argmax_of_q_y() -> None:
+    m, x = tiny_model(), images(50)
+    pred = m.classifier_logits(x).argmax(-1)
+    y = pred.clone()
+    y[:10] = (y[:10] + 1) % K
+    assert accuracy(m, x, y, batch_size=7) == pytest.approx(0.8)
+
+
+# ------------------------------------------------------------------------------ split, schedule
+def test_split_is_balanced_seeded_and_keeps_the_last_images_for_validation() -> None:
+    x, y = images(300), torch.arange(300) % K
+    s = split_labelled(x, y, 30, validation_num=100, seed=3)
+    assert torch.equal(torch.bincount(s.sup_y, minlength=K), torch.full((K,), 3))
+    assert torch.equal(s.valid_x, x[200:]) and torch.equal(s.valid_y, y[200:])
+    assert s.sup_x.shape[0] + s.unsup_x.shape[0] == s.num_train == 200
+    both = torch.cat([s.sup_index, s.unsup_index]).sort().values
+    assert torch.equal(both, torch.arange(200)), "labelled and unlabelled partition the rest"
+    assert torch.equal(s.sup_x, x[s.sup_index]) and torch.equal(s.sup_y, y[s.sup_index])
+    again = split_labelled(x, y, 30, validation_num=100, seed=3)
+    other = split_labelled(x, y, 30, validation_num=100, seed=4)
+    assert torch.equal(again.sup_index, s.sup_index)
+    assert not torch.equal(other.sup_index, s.sup_index)
+
+
+def test_schedule_is_pyros_periodic_one() -> None:
+    # Pyro's example with 3000 labels and batch 200: every 16th batch from the second on
+    kinds = batch_schedule(15, 235, 50_000 // 3000)
+    assert len(kinds) == 250
+    assert [i for i, k in enumerate(kinds) if k] == [1 + 16 * j for j in range(15)]
+    # more labelled batches than the interval leaves room for: none is lost
+    kinds = batch_schedule(5, 3, 2)
+    assert sum(kinds) == 5 and len(kinds) == 8
+    assert batch_schedule(2, 2, 1) == [True, True, False, False]
+
+
+# ------------------------------------------------------------------------------ bad input
+def test_bad_splits_are_refused() -> None:
+    x, y = images(200), torch.arange(200) % K
+    for sup_num, match in [(15, "multiple"), (0, "positive"), (200, "larger")]:
+        with pytest.raises(DataError, match=match):
+            split_labelled(x, y, sup_num, validation_num=100)
+    with pytest.raises(DataError, match="leave training images"):
+        split_labelled(x, y, 10, validation_num=200)
+    with pytest.raises(DataError, match="class 3"):
+        split_labelled(x, torch.where(y == 3, 0, y), 20, validation_num=100)
+    with pytest.raises(DataError, match="int64"):
+        split_labelled(x, y.float(), 20, validation_num=100)
+    with pytest.raises(DataError, match="outside the classes"):
+        split_labelled(x, y + 1, 20, validation_num=100)
+    with pytest.raises(DataError, match="shape"):
+        split_labelled(x, y[:-1], 20, validation_num=100)
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (lambda x: x * 2.0, r"\[0, 1\]"),
+        (lambda x: x - 0.5, r"\[0, 1\]"),
+        (lambda x: x.index_fill(0, torch.tensor([2]), float("nan")), "NaN"),
+        (lambda x: x.reshape(x.shape[0], -1), "shape"),
+        (lambda x: (x * 255).to(torch.uint8), "floating-point"),
+    ],
+)
+def test_images_the_bernoulli_likelihood_cannot_score_are_refused(bad, match) -> None:
+    s, m = tiny_split(), tiny_model()
+    broken = SemiSupervisedSplit(**{**s.__dict__, "unsup_x": bad(s.unsup_x)})
+    with pytest.raises(DataError, match=match):
+        fit_ssvae(m, broken, SSTrainConfig(epochs=1, batch_size=10), progress=False)
+    with pytest.raises(DataError, match=match):
+        accuracy(m, bad(s.valid_x), s.valid_y)
+
+
+def test_bad_labels_settings_and_checkpoints_are_refused(tmp_path: Path) -> None:
+    s, m = tiny_split(), tiny_model()
+    with pytest.raises(DataError, match="one-hot"):
+        accuracy(m, s.valid_x, F.one_hot(s.valid_y, K))
+    with pytest.raises(DataError, match="int64"):
+        accuracy(m, s.valid_x, s.valid_y.float())
+    with pytest.raises(DataError, match="outside the classes"):
+        accuracy(m, s.valid_x, s.valid_y + K)
+    for cfg in (SSTrainConfig(batch_size=0), SSTrainConfig(lr=-1.0), SSTrainConfig(beta1=1.0)):
+        with pytest.raises(ValueError):
+            fit_ssvae(m, s, cfg, progress=False)
+    with pytest.raises(ValueError, match="num_classes"):
+        SSVAE(SHAPE, num_classes=1)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        fit_ssvae(m, s, checkpoint_path=tmp_path / "none.pt", resume=True, progress=False)
+
+
+# ------------------------------------------------------------------------------ reproducibility
+def _train(seed: int, epochs: int = 2, **kw) -> tuple[SSVAE, object]:
+    m = tiny_model(seed=seed)
+    cfg = SSTrainConfig(epochs=epochs, batch_size=10, lr=1e-2, seed=seed)
+    return m, fit_ssvae(m, tiny_split(), cfg, progress=False, **kw)
+
+
+def test_same_seed_same_run_other_seed_other_run() -> None:
+    m1, h1 = _train(0)
+    m2, h2 = _train(0)
+    m3, h3 = _train(1)
+    assert h1.sup_loss == h2.sup_loss and h1.unsup_loss == h2.unsup_loss
+    assert h1.valid_accuracy == h2.valid_accuracy
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert h3.unsup_loss != h1.unsup_loss
+    assert not torch.equal(m3.decoder.a_part.weight, m1.decoder.a_part.weight)
+    # training moved this model's own tensors, not stale ones left in Pyro's param store
+    assert not torch.equal(m1.decoder.a_part.weight, tiny_model(seed=0).decoder.a_part.weight)
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    ckpt = tmp_path / "ck.pt"
+    m_full, h_full = _train(0, epochs=2)
+    _train(0, epochs=1, checkpoint_path=ckpt)
+    m, h = _train(0, epochs=2, checkpoint_path=ckpt, resume=True)
+    assert h.epoch == [1, 2] and h.unsup_loss == h_full.unsup_loss
+    for (k, a), b in zip(m.state_dict().items(), m_full.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+# ------------------------------------------------------------------------------ the script
+def test_script_on_a_tiny_budget(tmp_path: Path, mnist) -> None:
+    out = tmp_path / "ssvae"
+    base = [sys.executable, str(ROOT / "experiments" / "ss_vae.py"), "--out", str(out)]
+    base += ["--sup-num", "20", "--n-train", "300", "--validation-num", "100"]
+    base += ["--n-test", "200", "--batch-size", "20", "--hidden", "32", "--z-dim", "4"]
+    base += ["--threads", "1"]
+    run = subprocess.run([*base, "--epochs", "1"], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    r = json.loads((out / "sup20-s0" / "result.json").read_text())
+    assert r["epochs"] == 1 and r["sup_num"] == 20 and r["seed"] == 0
+    assert 0.0 <= r["test_accuracy"] <= 1.0
+    assert all(0.0 <= a <= 1.0 for a in r["valid_accuracy_per_epoch"])
+    assert r["num_images"] == {"labelled": 20, "unlabelled": 180, "validation": 100, "test": 200}
+    for key in ("settings", "command", "torch", "pyro", "train_seconds", "test_accuracy_per_epoch"):
+        assert key in r
+    table = (out / "table.md").read_text()
+    assert f"{PYRO_PUBLISHED[100][0]:.4f}" in table and "| 20 (subset) | 0 | 1 |" in table
+    # a longer budget continues the run from its checkpoint; the finished result is kept
+    # (in this process: the second import of torch, Pyro and ppl_vae would double the time)
+    spec = importlib.util.spec_from_file_location("ss_vae_script", base[1])
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main([*base[2:], "--epochs", "2"])
+    r2 = json.loads((out / "sup20-s0" / "result.json").read_text())
+    assert r2["epochs"] == 2
+    assert r2["valid_accuracy_per_epoch"][0] == r["valid_accuracy_per_epoch"][0]
+    assert json.loads((out / "sup20-s0" / "result-1epochs.json").read_text()) == r
