@@ -170,9 +170,58 @@ def build_report(out: Path) -> Path:
                     "",
                     experiment_md(found[mode][n], counter),
                 ]
+    lines += beyond_the_lecture(out)
     path = out / "REPORT.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path
+
+
+def beyond_the_lecture(out: Path) -> list[str]:
+    """The conditioning studies that are not lecture figures (Pyro's CVAE tutorial, the M2
+    semi-supervised VAE): their tables, figures, commands and a verdict against the papers'."""
+    lines: list[str] = []
+    cvae = out / "cvae" / "result.json"
+    if cvae.exists():
+        r = json.loads(cvae.read_text())
+        lines += ["", "## Conditional VAE: quadrant completion (Pyro's CVAE tutorial)", ""]
+        lines += [f"command: `{r['command']}` · {r['device']}, {r['threads']} thread(s)", ""]
+        table = out / "cvae" / "table.md"
+        lines += [_demote(table.read_text()), ""] if table.exists() else []
+        for q, res in r["results"].items():
+            base, cv = res["baseline"]["nll_tutorial"], res["cvae"]["nll_tutorial"]
+            tut = res["cvae"]["tutorial"]
+            png = f"cvae/cvae_q{q}.png"
+            if (out / png).exists():
+                lines += [
+                    f"![CVAE, {q} quadrant(s) visible]({png})",
+                    "",
+                    f"*{q} visible quadrant(s):* inputs, truth, the baseline's prediction and "
+                    "CVAE samples.",
+                    "",
+                ]
+            ok = cv < base
+            lines += [
+                f"**Verdict ({q} quadrant(s)):** {MARK[ok]} — CVAE {cv:.1f} against the "
+                f"baseline's {base:.1f} (tutorial: CVAE {tut}, baseline "
+                f"{res['baseline']['tutorial']}); {res['cvae']['training']['epochs']} CVAE epochs.",
+                "",
+            ]
+        if not r.get("complete", True):
+            lines += ["> Note: the run was stopped before every setting finished.", ""]
+    ss = sorted((out / "ssvae").glob("*/result.json"))
+    if ss:
+        lines += ["", "## Semi-supervised VAE (M2), label enumerated", ""]
+        table = out / "ssvae" / "table.md"
+        lines += [_demote(table.read_text()), ""] if table.exists() else []
+        for path in ss:
+            r = json.loads(path.read_text())
+            lines += [f"- `{path.parent.name}`: command `{r.get('command', '?')}`"]
+    return lines
+
+
+def _demote(md: str) -> str:
+    """A Markdown file's headings two levels down, to sit inside a report section."""
+    return "\n".join("##" + line if line.startswith("#") else line for line in md.splitlines())
 
 
 def main() -> None:

@@ -184,6 +184,7 @@ class IAFGuide(GuideFamily):
         stable: bool = False,
     ) -> None:
         super().__init__(latent_dim)
+        self.stable = bool(stable)
         if int(num_flows) != num_flows or num_flows < 1:
             raise ValueError(f"num_flows must be a positive integer, got {num_flows}")
         self.context_dim = int(context_dim or latent_dim)
@@ -196,7 +197,7 @@ class IAFGuide(GuideFamily):
                 ConditionalAutoRegressiveNN(
                     latent_dim, self.context_dim, hidden, permutation=orders[i % 2]
                 ),
-                stable=bool(stable),
+                stable=self.stable,
             )
             for i in range(int(num_flows))
         )
@@ -221,7 +222,7 @@ class IAFGuide(GuideFamily):
     def extra_repr(self) -> str:
         return (
             f"latent_dim={self.latent_dim}, context_dim={self.context_dim}, "
-            f"num_flows={len(self.flows)}, stable={self.flows[0].stable}"
+            f"num_flows={len(self.flows)}, stable={self.stable}"
         )
 
 

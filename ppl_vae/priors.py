@@ -17,7 +17,9 @@ A prior that depends on the rest of the model (the VampPrior mixes the guide's p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import ClassVar
 
 import pyro
 import pyro.distributions as dist
@@ -200,6 +202,49 @@ class GaussianMixture(MixtureOfGaussians):
         return pyro.sample(name, dist.Normal(self.locs[c], scales[c]).to_event(1))
 
 
+class DiagNormalMixture(dist.TorchDistribution):
+    """(1/K) Σ_k N(z; μ_k, diag σ_k²): an equal-weight mixture of K diagonal Normals, scored by two
+    matrix products instead of a (…, K, d) tensor of per-dimension terms.
+
+    Σ_d (z_d − μ_kd)²/σ_kd² = z²·(1/σ_k²) − 2 z·(μ_k/σ_k²) + Σ_d μ_kd²/σ_kd², so ``log_prob``
+    costs O(K·d) multiply-adds per code in BLAS and O(K) memory, where ``MixtureSameFamily``
+    builds and reduces K·d numbers per code (the VampPrior's evaluation with K = 5000 draws spent
+    hours there). The quadratic form is summed in float64, so the expansion's cancellation costs
+    no precision. Same density as ``MixtureSameFamily(Categorical, Independent(Normal))``.
+    """
+
+    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
+        "loc": constraints.real,
+        "scale": constraints.positive,
+    }
+    support = constraints.real_vector
+    has_rsample = False
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, validate_args: bool | None = None):
+        if loc.dim() != 2 or loc.shape != scale.shape:
+            raise ValueError(f"loc and scale must both be (K, d), got {loc.shape}, {scale.shape}")
+        self.loc, self.scale = loc, scale
+        super().__init__(torch.Size(), loc.shape[-1:], validate_args=validate_args)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        z = value.double()
+        prec = self.scale.double().pow(-2)  # (K, d)
+        quad = z.pow(2) @ prec.T - 2 * z @ (self.loc.double() * prec).T
+        quad = quad + (self.loc.double().pow(2) * prec).sum(-1)  # (..., K)
+        d, k = self.loc.shape[-1], self.loc.shape[0]
+        comp = -0.5 * quad - self.scale.double().log().sum(-1) - 0.5 * d * math.log(2 * math.pi)
+        return (comp.logsumexp(-1) - math.log(k)).to(value.dtype)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        with torch.no_grad():
+            k = torch.randint(self.loc.shape[0], tuple(sample_shape), device=self.loc.device)
+            return self.loc[k] + self.scale[k] * torch.randn_like(self.loc[k])
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc.mean(0)
+
+
 class VampPrior(Prior):
     """The VampPrior (Tomczak & Welling, 2018): p(z) = (1/K) Σ_k q(z | u_k), the mixture of the
     guide's own posteriors at K learnable pseudo-inputs u_k.
@@ -229,6 +274,13 @@ class VampPrior(Prior):
 
     @property
     def elements_per_point(self) -> int:
+        """Numbers one scored code needs: K per (…, K) matrix of the diagonal fast path (a few of
+        them, in float64), K · latent_dim for the other guide families' mixture."""
+        from .guides import NormalGuide
+
+        vae = self.__dict__["_vae"]
+        if vae is not None and type(vae.guide_family) is NormalGuide:
+            return 8 * self.n_pseudo
         return self.n_pseudo * self.latent_dim
 
     def attach(self, vae: nn.Module) -> None:
@@ -262,6 +314,9 @@ class VampPrior(Prior):
                 "this VampPrior belongs to no model: build it into a VAE (prior='vamp')"
             )
         components = vae.guide_family.dist(vae.encoder(self.pseudo_inputs))  # batch (K,)
+        base = getattr(components, "base_dist", None)
+        if isinstance(components, dist.Independent) and isinstance(base, dist.Normal):
+            return DiagNormalMixture(base.loc, base.scale)  # the fast path (diagonal guides)
         mix = dist.Categorical(logits=self.raw_pseudo.new_zeros(self.n_pseudo))
         return dist.MixtureSameFamily(mix, components)
 

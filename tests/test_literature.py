@@ -99,6 +99,27 @@ def test_vampprior_density_is_the_mean_of_the_pseudo_inputs_posteriors():
     torch.testing.assert_close(got, dens.mean(0).log(), rtol=1e-5, atol=1e-5)
 
 
+def test_the_fast_diagonal_mixture_is_mixture_same_family():
+    from ppl_vae.priors import DiagNormalMixture
+
+    g = torch.Generator().manual_seed(3)
+    loc = 3 * torch.randn(40, 6, generator=g)
+    scale = torch.rand(40, 6, generator=g) * 0.5 + 0.01  # narrow components: cancellation-prone
+    fast = DiagNormalMixture(loc, scale)
+    slow = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=torch.zeros(40)),
+        torch.distributions.Independent(torch.distributions.Normal(loc, scale), 1),
+    )
+    z = torch.cat([loc[:5] + 0.01 * torch.randn(5, 6, generator=g), torch.randn(4, 3, 6)[0]])
+    torch.testing.assert_close(fast.log_prob(z), slow.log_prob(z), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(fast.log_prob(z[:, None]).squeeze(1), slow.log_prob(z))
+    draws = fast.sample((20000,))
+    assert draws.shape == (20000, 6)
+    torch.testing.assert_close(draws.mean(0), loc.mean(0), atol=0.1, rtol=0)
+    with pytest.raises(ValueError, match="K, d"):
+        DiagNormalMixture(loc[0], scale[0])
+
+
 def test_vampprior_trains_its_pseudo_inputs_and_refuses_a_guide_without_normal_posteriors():
     model = _vamp()
     before = model.prior.raw_pseudo.detach().clone()
@@ -117,6 +138,27 @@ def test_the_papers_models_are_named_presets():
         assert m.family in MODEL_PRESETS, name
     assert MODEL_PRESETS["iwae-50"]["particles"] == 50
     assert MODEL_PRESETS["vampprior"]["prior"] == "vamp"
+
+
+def test_every_table_model_builds_with_its_own_net_and_guide_arguments():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "likelihood_table", Path(__file__).parents[1] / "experiments" / "likelihood_table.py"
+    )
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    for name in MODELS:
+        config = table.model_config(name)
+        model = build_model(config, (1, 28, 28), seed=0)
+        assert config.activation == MODELS[name].activation, name
+        assert MODELS[name].activation in table.architecture(name)
+        if name == "iaf":  # four gated flows (the gap-narrowing guide), not the plain two
+            assert len(model.guide_family.flows) == 4 and model.guide_family.stable
+            assert model.guide_family.flows[0].kwargs == {"stable": True}  # reaches Pyro
+        if name == "iaf-affine":
+            assert len(model.guide_family.flows) == 2 and not model.guide_family.stable
+    assert table.model_config("vampprior").activation == "relu"  # tanh collapses (README)
 
 
 def test_cli_iwae_preset_trains_with_its_objective_and_the_protocol(mnist, tmp_path):
