@@ -231,17 +231,19 @@ def write_table(folder: Path) -> Path:
         "NLL = −log p(x) by importance sampling; ELBO and IWAE-k bounds in nats per image "
         "(lower NLL is better; bounds are log-likelihoods, higher is better).",
         "",
-        "| model | seed | NLL | ± s.e. | bits/dim | ELBO | IWAE-5 | IWAE-50 | ELBO gap | K / images"
-        " | epochs | train min | device | paper (best) | gap to paper |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | net | seed | NLL | ± s.e. | bits/dim | ELBO | IWAE-5 | IWAE-50 | ELBO gap"
+        " | K / images | epochs | train min | device | paper (best) | gap to paper |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in [m for m in MODELS if m in rows]:
         for r in sorted(rows[name], key=lambda r: r["seed"]):
             t, tr = r["test"], r["training"]
             paper = best_paper.get(name)
             gap = f"{t['nll'] - paper:+.2f}" if paper is not None else "–"
+            net = r["architecture"].split(" (")[0].removeprefix("784-200-200-50 MLP, ")
             lines.append(
-                f"| {name} | {r['seed']} | {t['nll']:.2f} | {t['nll_standard_error']:.2f} | "
+                f"| {name} | {net}"
+                f" | {r['seed']} | {t['nll']:.2f} | {t['nll_standard_error']:.2f} | "
                 f"{t['nll_bits_per_dim']:.4f} | {t['elbo']:.2f} | {t['iwae_5']:.2f} | "
                 f"{t['iwae_50']:.2f} | {-t['elbo'] - t['nll']:.2f} | "
                 f"{t['nll_samples']} / {t['num_images']}"
