@@ -219,7 +219,7 @@ def test_likelihood_table_script_runs_on_a_tiny_budget(mnist, tmp_path):
         assert result["training"]["epochs"] == 1
         assert result["test"]["num_images"] == 20 and math.isfinite(result["test"]["nll"])
     table = (tmp_path / "tiny" / "table.md").read_text()
-    assert "| vampprior | 0 |" in table and "86.76" in table
+    assert "| vampprior | relu | 0 |" in table and "86.76" in table
 
 
 # ------------------------------------------------------------------ comparable likelihoods
