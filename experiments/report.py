@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -186,19 +187,14 @@ def beyond_the_lecture(out: Path) -> list[str]:
         lines += ["", "## Conditional VAE: quadrant completion (Pyro's CVAE tutorial)", ""]
         lines += [f"command: `{r['command']}` · {r['device']}, {r['threads']} thread(s)", ""]
         table = out / "cvae" / "table.md"
-        lines += [_demote(table.read_text()), ""] if table.exists() else []
+        lines += [_demote(table.read_text(), "cvae"), ""] if table.exists() else []
+        lines += [
+            "Figures: per setting, inputs, truth, the baseline's prediction and CVAE samples.",
+            "",
+        ]
         for q, res in r["results"].items():
             base, cv = res["baseline"]["nll_tutorial"], res["cvae"]["nll_tutorial"]
             tut = res["cvae"]["tutorial"]
-            png = f"cvae/cvae_q{q}.png"
-            if (out / png).exists():
-                lines += [
-                    f"![CVAE, {q} quadrant(s) visible]({png})",
-                    "",
-                    f"*{q} visible quadrant(s):* inputs, truth, the baseline's prediction and "
-                    "CVAE samples.",
-                    "",
-                ]
             ok = cv < base
             lines += [
                 f"**Verdict ({q} quadrant(s)):** {MARK[ok]} — CVAE {cv:.1f} against the "
@@ -212,15 +208,33 @@ def beyond_the_lecture(out: Path) -> list[str]:
     if ss:
         lines += ["", "## Semi-supervised VAE (M2), label enumerated", ""]
         table = out / "ssvae" / "table.md"
-        lines += [_demote(table.read_text()), ""] if table.exists() else []
+        lines += [_demote(table.read_text(), "ssvae"), ""] if table.exists() else []
         for path in ss:
             r = json.loads(path.read_text())
             lines += [f"- `{path.parent.name}`: command `{r.get('command', '?')}`"]
+            lines += [f"  - **Verdict:** {_m2_verdict(r)}"]
     return lines
 
 
-def _demote(md: str) -> str:
-    """A Markdown file's headings two levels down, to sit inside a report section."""
+def _m2_verdict(r: dict[str, Any]) -> str:
+    """M2's test accuracy against Pyro's published M2 and labelled-only baseline rows."""
+    from ppl_vae.semisupervised import PYRO_PUBLISHED
+
+    n, acc = r.get("sup_num"), r.get("test_accuracy")
+    row = PYRO_PUBLISHED.get(n)
+    if acc is None or row is None:
+        return "➖ no published row to compare with"
+    m2, _, base, _ = row
+    return (
+        f"{MARK[acc > base]} — test accuracy {acc:.4f} against the labelled-only baseline's "
+        f"{base:.4f}; {acc - m2:+.4f} to Pyro's M2 ({m2:.4f})"
+    )
+
+
+def _demote(md: str, folder: str) -> str:
+    """A Markdown file of ``folder``: headings two levels down, to sit inside a report section,
+    and its relative image links made relative to the report."""
+    md = re.sub(r"\]\((?!https?:|/)([^)/]+)\)", rf"]({folder}/\1)", md)
     return "\n".join("##" + line if line.startswith("#") else line for line in md.splitlines())
 
 
