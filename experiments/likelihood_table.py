@@ -240,7 +240,7 @@ def write_table(folder: Path) -> Path:
             t, tr = r["test"], r["training"]
             paper = best_paper.get(name)
             gap = f"{t['nll'] - paper:+.2f}" if paper is not None else "–"
-            net = r["architecture"].split(" (")[0].removeprefix("784-200-200-50 MLP, ")
+            net = r["model_config"]["activation"]
             lines.append(
                 f"| {name} | {net}"
                 f" | {r['seed']} | {t['nll']:.2f} | {t['nll_standard_error']:.2f} | "

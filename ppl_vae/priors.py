@@ -227,12 +227,11 @@ class DiagNormalMixture(dist.TorchDistribution):
         super().__init__(torch.Size(), loc.shape[-1:], validate_args=validate_args)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        z = value.double()
-        prec = self.scale.double().pow(-2)  # (K, d)
-        quad = z.pow(2) @ prec.T - 2 * z @ (self.loc.double() * prec).T
-        quad = quad + (self.loc.double().pow(2) * prec).sum(-1)  # (..., K)
-        d, k = self.loc.shape[-1], self.loc.shape[0]
-        comp = -0.5 * quad - self.scale.double().log().sum(-1) - 0.5 * d * math.log(2 * math.pi)
+        z, loc, scale = value.double(), self.loc.double(), self.scale.double()
+        prec = scale.pow(-2)  # (K, d)
+        quad = z.pow(2) @ prec.T - 2 * z @ (loc * prec).T + (loc.pow(2) * prec).sum(-1)  # (…, K)
+        k, d = loc.shape
+        comp = -0.5 * quad - scale.log().sum(-1) - 0.5 * d * math.log(2 * math.pi)
         return (comp.logsumexp(-1) - math.log(k)).to(value.dtype)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008

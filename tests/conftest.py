@@ -30,6 +30,16 @@ def _quiet_jit_warnings():
         yield
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny networks gain nothing from a second one, and on a busy
+    machine its spinning made training tests ~20x slower (``pytestmark`` of a module uses it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def mnist():
     """The real MNIST tensors, or a skip when no offline source or cache exists."""

@@ -44,13 +44,7 @@ SCRIPT = ROOT / "experiments" / "cvae_quadrants.py"
 SHAPE = (1, 6, 6)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These nets are tiny: on a busy machine a second thread costs far more than it brings."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def images(n: int, shape: tuple[int, ...] = SHAPE, seed: int = 0) -> torch.Tensor:

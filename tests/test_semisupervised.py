@@ -39,14 +39,7 @@ SHAPE = (1, 4, 4)
 K = 10
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # these tiny networks gain nothing from a second thread, and on a busy machine its spinning
-    # made the training tests ~20x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> SSVAE:
