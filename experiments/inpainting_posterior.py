@@ -14,7 +14,8 @@ p(z | x_visible) is sampled three ways (:mod:`ppl_vae.completion`):
 
 For each method: ESS and R̂, the log-likelihood of the hidden pixels log p(x_hidden | x_visible)
 under the same model (the DAE's answer is scored as Bernoulli means), and the digit classes a
-classifier reads in 100 completions (all classes seen, and those read in ≥ 5 % of them).
+classifier reads in as many completions as NUTS draws (all classes seen, and those read in ≥ 5 %
+of them), and how many of those completions are distinct images.
 
     python experiments/inpainting_posterior.py          # quick
     python experiments/inpainting_posterior.py --full
@@ -56,9 +57,10 @@ SPEC = "block:16"
 BLOCK = 16
 LATENT = 10
 SHOW_CLASSES = (2, 3, 4, 5, 7, 9)
-#: Completions scored by the classifier per digit and method, and the share a class needs to
-#: count as a mode.
-N_READ, MODE_SHARE = 100, 0.05
+#: The share of the completions a class needs to count as a mode. The classifier reads as many
+#: completions per digit and method as NUTS has draws (chains × draws: all of them), so every
+#: method is compared on the same number of completions.
+MODE_SHARE = 0.05
 #: The diversity a figure shows: distinct classes among N_SET completions (the earlier figure's
 #: six), averaged over SET_REPEATS independent sets.
 N_SET, SET_REPEATS = 6, 200
@@ -90,10 +92,12 @@ def grey_fraction(x: torch.Tensor, hidden: torch.Tensor) -> float:
 @torch.no_grad()
 def read_completions(
     vae, clf, comp: Completion, x, visible, n: int, g
-) -> tuple[torch.Tensor, list[int]]:
-    """``n`` completions of ``comp`` (visible pixels pasted back) and the classes read in them."""
-    images = visible * x + ~visible * vae.decode(comp.resample(n, g))
-    return images, clf(images).argmax(-1).tolist()
+) -> tuple[torch.Tensor, list[int], int]:
+    """``n`` completions of ``comp`` (visible pixels pasted back), the classes read in them and
+    the number of distinct completions among them (resampling by weight repeats codes)."""
+    z = comp.resample(n, g)
+    images = visible * x + ~visible * vae.decode(z)
+    return images, clf(images).argmax(-1).tolist(), int(torch.unique(z, dim=0).shape[0])
 
 
 @torch.no_grad()
@@ -128,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     b_dae, b_vae = budget(args, DAE_BUDGETS), budget(args, VAE_BUDGETS)
     data_dae, data = load_mnist(args, b_dae), load_mnist(args, b_vae)
     cfg = SETTINGS[args.mode]
+    n_read = cfg["chains"] * cfg["draws"]
     res = Results(args, "inpainting_posterior", "The multimodal posterior under a block mask")
     res.settings = {
         "dae_budget": budget_dict(b_dae),
@@ -141,8 +146,9 @@ def main(argv: list[str] | None = None) -> None:
         "σ(x̃)² + 0.5²), weights from the visible pixels only",
         "svi": f"diagonal Normal refitted by SVI ({cfg['svi_steps']} Adam steps, 16 particles) "
         "from the encoder's answer",
-        "classes": f"classifier's reading of {N_READ} completions per digit and method; a mode is "
-        f"a class read in ≥ {MODE_SHARE:.0%} of them",
+        "classes": f"classifier's reading of {n_read} completions per digit and method (all of "
+        f"NUTS's draws; {n_read} resampled by weight for SIR, drawn for SVI); a mode is a class "
+        f"read in ≥ {MODE_SHARE:.0%} of them",
     }
     model_dae, _ = dae(args, data_dae, b_dae, SPEC)
     vae, _ = mnist_model(args, data, b_vae, f"vae-z{LATENT}", vae_config(LATENT), **VAE_TRAIN)
@@ -180,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         record = {"digit": shown[i], "dae_hidden_ll": point_log_likelihood(vae, x_dae[i], xi, vi)}
         images = {}
         for name, comp in comps.items():
-            imgs, classes = read_completions(vae, clf, comp, xi, vi, N_READ, g)
+            imgs, classes, distinct = read_completions(vae, clf, comp, xi, vi, n_read, g)
             images[name] = (imgs, classes)
             record[name] = {
                 "ess": comp.ess,
@@ -188,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
                 "hidden_ll": hidden_log_likelihood(vae, comp, xi, vi),
                 "classes": sorted(set(classes)),
                 "modes": modes(classes),
+                "distinct_completions": distinct,
                 f"distinct_classes_in_{N_SET}": distinct_in_sets(vae, clf, comp, xi, vi, g),
                 "seconds": comp.seconds,
                 **({"divergences": comp.info["divergences"]} if name == "nuts" else {}),
@@ -225,11 +232,14 @@ def main(argv: list[str] | None = None) -> None:
                     r["ess"],
                     r["rhat"],
                     r["hidden_ll"],
+                    r["distinct_completions"],
+                    r[f"distinct_classes_in_{N_SET}"],
+                    len(r["classes"]),
                     " ".join(map(str, r["classes"])),
                     " ".join(map(str, r["modes"])),
                 ]
             )
-        table.append([shown[i], "dae", None, None, record["dae_hidden_ll"], 1, "", ""])
+        table.append([shown[i], "dae", None, None, record["dae_hidden_ll"], 1, 1, 1, "", ""])
     save_image_rows(
         rows,
         labels,
@@ -249,8 +259,19 @@ def main(argv: list[str] | None = None) -> None:
         return sum(len(r[method][key]) for r in per_digit)
 
     nuts_ok = all(r["nuts"]["rhat"] < 1.05 and r["nuts"]["ess"] >= 100 for r in per_digit)
+    # the must-show: more distinct classes among the completions than SIR's, over the 6 digits
     more_classes = total("nuts", "classes") > total("importance", "classes")
+    per_digit_cmp = [len(r["nuts"]["classes"]) - len(r["importance"]["classes"]) for r in per_digit]
+    more_d, equal_d, fewer_d = (
+        sum(d > 0 for d in per_digit_cmp),
+        sum(d == 0 for d in per_digit_cmp),
+        sum(d < 0 for d in per_digit_cmp),
+    )
     more_modes = total("nuts", "modes") > total("importance", "modes")
+    # the robust reading: a class read in ≥ MODE_SHARE is a mode, not one stray particle
+    modes_every_digit = all(
+        len(r["nuts"]["modes"]) >= len(r["importance"]["modes"]) for r in per_digit
+    )
 
     def in_sets(method: str) -> float:
         return sum(r[method][f"distinct_classes_in_{N_SET}"] for r in per_digit) / len(per_digit)
@@ -277,13 +298,20 @@ def main(argv: list[str] | None = None) -> None:
             "dae": sum(r["dae_hidden_ll"] for r in per_digit) / len(per_digit),
         },
         "grey_fraction_dae": grey_dae,
+        "distinct_completions": {
+            m: [r[m]["distinct_completions"] for r in per_digit]
+            for m in ("nuts", "importance", "svi")
+        },
+        "completions_read": n_read,
         "nuts_more_classes_than_importance": more_classes,
+        "digits_nuts_more_equal_fewer_classes": [more_d, equal_d, fewer_d],
+        "nuts_modes_at_least_importance_every_digit": modes_every_digit,
         "nuts_more_modes_than_importance": more_modes,
         f"nuts_more_classes_in_{N_SET}_every_digit": more_in_sets,
         "nuts_beats_dae_hidden_ll_every_digit": beats_dae,
     }
     m = res.metrics
-    agrees = nuts_ok and more_in_sets and beats_dae
+    agrees = nuts_ok and more_classes and more_modes and modes_every_digit and beats_dae
     res.figure(
         "inpainting_posterior.png",
         "Per row: a test digit, its block-masked version, the block-mask DAE's output, "
@@ -293,13 +321,20 @@ def main(argv: list[str] | None = None) -> None:
             f"{'Agrees' if agrees else 'Disagrees in part'}: the DAE gives one greyish "
             f"compromise in the block (grey share {grey_dae:.2f}); NUTS samples the posterior "
             f"with R̂ ≤ {m['nuts_max_rhat']:.3f} and bulk ESS ≥ {m['nuts_min_bulk_ess']:.0f} per "
-            f"digit, and a set of {N_SET} of its completions shows "
-            f"{in_sets('nuts'):.2f} distinct classes on average against "
-            f"{in_sets('importance'):.2f} for importance resampling (ESS "
-            f"{min(m['importance_ess']):.1f}–{max(m['importance_ess']):.1f}, so its draws repeat)"
-            f"{'' if more_in_sets else ' — not more for every digit'}; over {N_READ} "
-            f"completions per digit both find about the same modes ({m['modes_total']['nuts']} "
-            f"vs {m['modes_total']['importance']} classes read in ≥ {MODE_SHARE:.0%}). The hidden "
+            f"digit. Its {n_read} completions per digit hold "
+            f"{min(m['distinct_completions']['nuts'])}–{max(m['distinct_completions']['nuts'])} "
+            f"distinct images against {min(m['distinct_completions']['importance'])}–"
+            f"{max(m['distinct_completions']['importance'])} for as many importance resamples "
+            f"(ESS {min(m['importance_ess']):.1f}–{max(m['importance_ess']):.1f}: its draws "
+            f"repeat), and the classifier reads {m['classes_total']['nuts']} classes in them over "
+            f"the {len(per_digit)} digits against {m['classes_total']['importance']} "
+            f"({'more' if more_classes else 'not more'}; per digit more for {more_d}, as many for "
+            f"{equal_d}, fewer for {fewer_d}); modes (classes read in ≥ {MODE_SHARE:.0%}): "
+            f"{m['modes_total']['nuts']} vs {m['modes_total']['importance']} ("
+            f"{'at least as many' if modes_every_digit else 'not as many'} on every digit); a "
+            f"set of {N_SET} "
+            f"completions shows {in_sets('nuts'):.2f} vs {in_sets('importance'):.2f} classes on "
+            f"average{'' if more_in_sets else ' (not more for every digit)'}. The hidden "
             f"pixels' log-likelihood is {m['hidden_ll_mean']['nuts']:.1f} nats under NUTS against "
             f"{m['hidden_ll_mean']['dae']:.1f} for the DAE's single answer"
             f"{'' if beats_dae else ' (not higher for every digit)'}."
@@ -309,16 +344,19 @@ def main(argv: list[str] | None = None) -> None:
     res.table(
         "Per digit and method: bulk ESS and rank-normalised split-R̂ (NUTS; SIR: (Σw)²/Σw²; "
         "SVI: independent draws), log p(x_hidden | x_visible) in nats under the VAE, the "
-        f"mean number of distinct classes in a set of {N_SET} completions ({SET_REPEATS} sets), "
-        f"the classes read in {N_READ} completions and the modes (classes read in ≥ "
-        f"{MODE_SHARE:.0%})",
+        f"number of distinct images among the {n_read} completions read, the mean number of "
+        f"distinct classes in a set of {N_SET} completions ({SET_REPEATS} sets), the number of "
+        f"classes read in the {n_read} completions, which they are, and the modes (classes read "
+        f"in ≥ {MODE_SHARE:.0%})",
         [
             "digit",
             "method",
             "ESS",
             "R̂",
             "hidden log-lik",
+            "distinct completions",
             f"classes in {N_SET}",
+            "# classes",
             "classes",
             "modes",
         ],

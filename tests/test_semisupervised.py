@@ -15,22 +15,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyro
 import pytest
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from pyro.optim import SGD
 from torch.distributions import Normal
 from torch.nn import functional as F
 
 from ppl_vae.errors import CheckpointError, DataError
 from ppl_vae.semisupervised import (
     PYRO_PUBLISHED,
+    SCHEDULES,
     SSVAE,
     SemiSupervisedSplit,
     SSTrainConfig,
+    _joint_step,
     accuracy,
     batch_schedule,
     fit_ssvae,
+    label_elbos,
+    load_trained,
     split_labelled,
 )
 
@@ -108,6 +114,34 @@ def test_supervised_and_auxiliary_losses_by_hand() -> None:
     assert aux == pytest.approx(float(46.0 * ce * n / b), rel=1e-10)
     # without labels the auxiliary loss has nothing to score
     assert Trace_ELBO().loss(m.model_classify, m.guide_classify, xs, None, n) == 0.0
+
+
+def test_label_elbos_by_hand() -> None:
+    """label_elbos = log p(y) + mean over its draws of log p(x|y,z) + log p(z) - log q(z|x,y),
+    rebuilt here from the same generator's noise, for every label."""
+    m, b, s = tiny_model(dtype=torch.float64), 7, 3
+    xs = images(b, dtype=torch.float64)
+    got = label_elbos(m, xs, num_samples=s, seed=5, batch_size=4)  # two batches
+    assert got.shape == (b, K)
+    g = torch.Generator().manual_seed(5)
+    want = []
+    for rows in (slice(0, 4), slice(4, b)):
+        x = xs[rows]
+        ys = torch.arange(K).reshape(K, 1)
+        loc, scale = m.z_params(x, ys)
+        acc = 0.0
+        for _ in range(s):
+            z = loc + scale * torch.randn(loc.shape, generator=g, dtype=torch.float64)
+            acc = acc + (
+                log_bernoulli(m.decoder_logits(z, ys), x.reshape(x.shape[0], -1))
+                + Normal(0.0, 1.0).log_prob(z).sum(-1)
+                - Normal(loc, scale).log_prob(z).sum(-1)
+            )
+        want.append((acc / s).T - math.log(K))
+    torch.testing.assert_close(got, torch.cat(want).detach())
+    assert torch.equal(got, label_elbos(m, xs, num_samples=s, seed=5, batch_size=4))
+    with pytest.raises(ValueError, match="num_samples"):
+        label_elbos(m, xs, num_samples=0)
 
 
 def test_accuracy_is_that_of_the_argmax_of_q_y() -> None:
@@ -199,17 +233,71 @@ def test_bad_labels_settings_and_checkpoints_are_refused(tmp_path: Path) -> None
         fit_ssvae(m, s, checkpoint_path=tmp_path / "none.pt", resume=True, progress=False)
 
 
+def test_joint_step_is_one_step_on_the_sum_of_the_three_losses() -> None:
+    """The joint schedule's step = one optimiser step along the gradient of -U(unlabelled) +
+    -L(labelled) + α'·CE(labelled), each scaled to its set: checked against the three Pyro
+    losses differentiated one by one on the same noise, with SGD (lr 1) so the step is -grad."""
+    s = tiny_split()
+    xu, xl, yl = s.unsup_x[:10], s.sup_x[:6], s.sup_y[:6]
+    nu, nl = s.unsup_x.shape[0], s.sup_x.shape[0]
+    elbo = TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)
+    aux_elbo = Trace_ELBO()
+
+    m = tiny_model()
+    pyro.set_rng_seed(3)
+    parts = [
+        elbo.differentiable_loss(m.model, m.guide, xu, None, nu),
+        elbo.differentiable_loss(m.model, m.guide, xl, yl, nl),
+        aux_elbo.differentiable_loss(m.model_classify, m.guide_classify, xl, yl, nl),
+    ]
+    grads = torch.autograd.grad(sum(parts), list(m.parameters()))
+    expected = [p.detach() - g for p, g in zip(m.parameters(), grads)]
+
+    m2 = tiny_model()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(3)
+    losses = _joint_step(m2, (elbo, aux_elbo), SGD({"lr": 1.0}), (xu, nu), (xl, yl, nl))
+    for got, want in zip(losses, parts):
+        assert got == pytest.approx(float(want.detach()), rel=1e-5)
+    for (name, p), e in zip(m2.named_parameters(), expected):
+        torch.testing.assert_close(p.detach(), e, msg=name)
+    assert parts[2] > 0 and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_joint_schedule_uses_every_labelled_image_evenly() -> None:
+    """Every step sees a labelled batch; over an epoch the labelled images are cycled through
+    whole shuffled passes, so each is used the same number of times (±1)."""
+    s = tiny_split(n_train=220, sup_num=20)
+    seen: list[torch.Tensor] = []
+    m = tiny_model()
+    original = m.model_classify
+
+    def spy(xs, ys=None, num_data=None):
+        if ys is not None:
+            seen.append(xs.detach().clone())
+        return original(xs, ys, num_data)
+
+    m.model_classify = spy
+    cfg = SSTrainConfig(epochs=1, batch_size=8, seed=0, schedule="joint")
+    fit_ssvae(m, s, cfg, progress=False)
+    steps = math.ceil(s.unsup_x.shape[0] / 8)
+    assert len(seen) == steps and all(b.shape[0] == 8 for b in seen)
+    uses = torch.stack([(torch.cat(seen) == x).flatten(1).all(1).sum() for x in s.sup_x])
+    assert int(uses.max() - uses.min()) <= 1 and int(uses.sum()) == steps * 8
+
+
 # ------------------------------------------------------------------------------ reproducibility
-def _train(seed: int, epochs: int = 2, **kw) -> tuple[SSVAE, object]:
+def _train(seed: int, epochs: int = 2, schedule: str = "joint", **kw) -> tuple[SSVAE, object]:
     m = tiny_model(seed=seed)
-    cfg = SSTrainConfig(epochs=epochs, batch_size=10, lr=1e-2, seed=seed)
+    cfg = SSTrainConfig(epochs=epochs, batch_size=10, lr=1e-2, seed=seed, schedule=schedule)
     return m, fit_ssvae(m, tiny_split(), cfg, progress=False, **kw)
 
 
-def test_same_seed_same_run_other_seed_other_run() -> None:
-    m1, h1 = _train(0)
-    m2, h2 = _train(0)
-    m3, h3 = _train(1)
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_same_seed_same_run_other_seed_other_run(schedule: str) -> None:
+    m1, h1 = _train(0, schedule=schedule)
+    m2, h2 = _train(0, schedule=schedule)
+    m3, h3 = _train(1, schedule=schedule)
     assert h1.sup_loss == h2.sup_loss and h1.unsup_loss == h2.unsup_loss
     assert h1.valid_accuracy == h2.valid_accuracy
     for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
@@ -220,14 +308,20 @@ def test_same_seed_same_run_other_seed_other_run() -> None:
     assert not torch.equal(m1.decoder.a_part.weight, tiny_model(seed=0).decoder.a_part.weight)
 
 
-def test_resume_continues_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_resume_continues_exactly(tmp_path: Path, schedule: str) -> None:
     ckpt = tmp_path / "ck.pt"
-    m_full, h_full = _train(0, epochs=2)
-    _train(0, epochs=1, checkpoint_path=ckpt)
-    m, h = _train(0, epochs=2, checkpoint_path=ckpt, resume=True)
+    m_full, h_full = _train(0, epochs=2, schedule=schedule)
+    _train(0, epochs=1, schedule=schedule, checkpoint_path=ckpt)
+    m, h = _train(0, epochs=2, schedule=schedule, checkpoint_path=ckpt, resume=True)
     assert h.epoch == [1, 2] and h.unsup_loss == h_full.unsup_loss
     for (k, a), b in zip(m.state_dict().items(), m_full.state_dict().values()):
         assert torch.equal(a, b), k
+    loaded = load_trained(ckpt, tiny_model(seed=7))
+    for (k, a), b in zip(loaded.state_dict().items(), m_full.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_trained(ckpt, SSVAE(SHAPE, z_dim=4, hidden=(8,)))
 
 
 # ------------------------------------------------------------------------------ the script
@@ -247,7 +341,9 @@ def test_script_on_a_tiny_budget(tmp_path: Path, mnist) -> None:
     for key in ("settings", "command", "torch", "pyro", "train_seconds", "test_accuracy_per_epoch"):
         assert key in r
     table = (out / "table.md").read_text()
-    assert f"{PYRO_PUBLISHED[100][0]:.4f}" in table and "| 20 (subset) | 0 | 1 |" in table
+    assert (
+        f"{PYRO_PUBLISHED[100][0]:.4f}" in table and "| 20 (subset) | 0 | pyro | 46 | 1 |" in table
+    )
     # a longer budget continues the run from its checkpoint; the finished result is kept
     # (in this process: the second import of torch, Pyro and ppl_vae would double the time)
     spec = importlib.util.spec_from_file_location("ss_vae_script", base[1])
