@@ -90,6 +90,17 @@ def _identity(s: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in s.items() if k not in BUDGET}
 
 
+def build_model(args: argparse.Namespace, data: Any) -> SSVAE:
+    """M2 with the command line's sizes, its initial weights drawn from ``--seed``."""
+    return SSVAE(
+        data.image_shape,
+        z_dim=args.z_dim,
+        hidden=args.hidden,
+        aux_loss_multiplier=args.aux_loss_multiplier,
+        seed=args.seed,
+    )
+
+
 def run_one(sup_num: int, args: argparse.Namespace, data: Any) -> dict[str, Any]:
     folder = args.out / f"sup{sup_num}-s{args.seed}"
     result_path, plan_path = folder / "result.json", folder / "settings.json"
@@ -109,13 +120,7 @@ def run_one(sup_num: int, args: argparse.Namespace, data: Any) -> dict[str, Any]
         if done["settings"] == want or not ckpt.exists():
             print(f"sup_num {sup_num} seed {args.seed}: done before ({result_path})")
             if "label_check" not in done and ckpt.exists():  # a result of an older script
-                model = SSVAE(
-                    data.image_shape,
-                    z_dim=args.z_dim,
-                    hidden=args.hidden,
-                    aux_loss_multiplier=args.aux_loss_multiplier,
-                )
-                load_trained(ckpt, model)
+                model = load_trained(ckpt, build_model(args, data))
                 n_test = args.n_test or None
                 done["label_check"] = label_check(model, data.test_x[:n_test], data.test_y[:n_test])
                 _write_json(result_path, done)
@@ -134,13 +139,7 @@ def run_one(sup_num: int, args: argparse.Namespace, data: Any) -> dict[str, Any]
     split = split_labelled(
         train_x, train_y, sup_num, validation_num=args.validation_num, seed=args.seed
     )
-    model = SSVAE(
-        data.image_shape,
-        z_dim=args.z_dim,
-        hidden=args.hidden,
-        aux_loss_multiplier=args.aux_loss_multiplier,
-        seed=args.seed,
-    )
+    model = build_model(args, data)
     config = SSTrainConfig(
         epochs=args.epochs,
         schedule=args.schedule,
@@ -229,14 +228,22 @@ def label_check(model: SSVAE, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any
     x, y = x[:CHECK_IMAGES], y[:CHECK_IMAGES]
     elbos = label_elbos(model, x, CHECK_SAMPLES)
     spread = elbos.max(-1).values - elbos.min(-1).values
+    generative, q = elbos.argmax(-1), model.predict(x)
     return {
         "images": x.shape[0],
         "samples_per_label": CHECK_SAMPLES,
-        "generative_accuracy": float((elbos.argmax(-1) == y).float().mean()),
-        "q_accuracy": accuracy(model, x, y),
+        "generative_accuracy": float((generative == y).float().mean()),
+        "q_accuracy": float((q == y).float().mean()),
         "median_elbo_spread_over_labels": float(spread.median()),
-        "agreement_q_and_generative": float((elbos.argmax(-1) == model.predict(x)).float().mean()),
+        "agreement_q_and_generative": float((generative == q).float().mean()),
     }
+
+
+def _check_text(c: dict[str, Any] | None) -> str:
+    """A result's label check as the table shows it: generative accuracy / spread."""
+    if not c:
+        return "–"
+    return f"{c['generative_accuracy']:.3f} / {c['median_elbo_spread_over_labels']:.1f}"
 
 
 def _fmt(v: float | None) -> str:
@@ -267,12 +274,7 @@ def write_table(folder: Path) -> Path:
         published = f"{pub[0]:.4f} ± {pub[1]:.4f}" if pub else "–"
         gap = f"{r['test_accuracy'] - pub[0]:+.4f}" if pub and r["epochs"] else "–"
         tiny = " (subset)" if r["settings"]["n_train"] or r["settings"]["n_test"] else ""
-        c = r.get("label_check")
-        check = (
-            f"{c['generative_accuracy']:.3f} / {c['median_elbo_spread_over_labels']:.1f}"
-            if c
-            else "–"
-        )
+        check = _check_text(r.get("label_check"))
         lines.append(
             f"| {r['sup_num']}{tiny} | {r['seed']} | {r['settings'].get('schedule', 'pyro')} | "
             f"{r['settings']['aux_loss_multiplier']:g} | {r['epochs']} | "
@@ -291,12 +293,7 @@ def write_table(folder: Path) -> Path:
             f"{st['aux_loss_multiplier']:g}: stopped after {r['epochs']} epochs; best validation "
             f"accuracy {h['valid_accuracy'][best]:.4f} (epoch {best + 1}), last "
             f"{h['valid_accuracy'][-1]:.4f}, last test accuracy {h['test_accuracy'][-1]:.4f}"
-            + (
-                f"; generative acc / L spread {c['generative_accuracy']:.3f} / "
-                f"{c['median_elbo_spread_over_labels']:.1f}"
-                if c
-                else ""
-            )
+            + (f"; generative acc / L spread {_check_text(c)}" if c else "")
             + f". {r['note']}"
         )
     lines += [
