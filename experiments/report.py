@@ -227,8 +227,11 @@ def _m2_verdict(r: dict[str, Any]) -> str:
         return "➖ no published row to compare with"
     m2, _, base, _ = row
     ok = acc > base and acc >= m2 - M2_TOLERANCE
+    stacked = r.get("settings", {}).get("features") == "m1"
+    model = "stacked M1+M2 (M2 on an unsupervised VAE's codes, not Pyro's M2 on pixels)"
     return (
-        f"{MARK[ok]} — test accuracy {acc:.4f} against the labelled-only baseline's "
+        f"{MARK[ok]} — {model + ': ' if stacked else ''}test accuracy {acc:.4f} against the "
+        f"labelled-only baseline's "
         f"{base:.4f}; {acc - m2:+.4f} to Pyro's M2 ({m2:.4f}; agreement: above the baseline and "
         f"within {M2_TOLERANCE:.2f} of Pyro's M2)"
     )

@@ -16,37 +16,58 @@ interrupted run resume where it stopped (same settings required); a finished run
     python experiments/ss_vae.py --sup-num 100 --schedule joint --aux-loss-multiplier 46000 \
         --epochs 50 --threads 1 --out results/ssvae/joint-alpha46000
     python experiments/ss_vae.py --sup-num 100 --minutes 60 --seed 1
+    python experiments/ss_vae.py --sup-num 100 --features m1 --m1-epochs 100 --schedule joint \
+        --aux-loss-multiplier 460 --epochs 50 --threads 1 --out results/ssvae/m1m2   # M1+M2
     python experiments/ss_vae.py --table-only
 
 ``--schedule pyro`` (default) is Pyro's: a labelled batch every N / sup_num batches. With 100
 labels it lets the decoder stop using y; ``--schedule joint`` puts a labelled batch in every step
 and keeps it (see :mod:`ppl_vae.semisupervised`). Each result also records whether the decoder
 uses the label (:func:`label_check`).
+
+``--features m1`` is Kingma et al.'s stacked M1+M2: an unsupervised VAE (M1, 784-600-600-50)
+is trained first on the training images (no labels; kept in ``<out>/m1-e<E>-s<seed>/``, shared by
+every draw of the labels) and M2 reads the posterior means of its active units instead of pixels.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
 import shlex
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pyro
 import torch
 
-from ppl_vae import load_dataset
+from ppl_vae import (
+    DataError,
+    ModelConfig,
+    TrainConfig,
+    build_model,
+    fit,
+    load_dataset,
+    load_model,
+)
+from ppl_vae.likelihoods import GaussianLearnedVariance
 from ppl_vae.semisupervised import (
+    M1_CONFIG,
     PYRO_EXAMPLE,
     PYRO_PUBLISHED,
     SCHEDULES,
     SSVAE,
     SSTrainConfig,
     accuracy,
+    active_units,
+    encode_means,
     fit_ssvae,
     label_elbos,
     load_trained,
@@ -79,6 +100,17 @@ def settings(args: argparse.Namespace, sup_num: int) -> dict[str, Any]:
         "n_train": args.n_train,
         "n_test": args.n_test,
         "device": args.device,
+        # M1+M2 only (older results, all on pixels, have no such keys)
+        **(
+            {
+                "features": "m1",
+                "m1_epochs": args.m1_epochs,
+                "m1_seed": args.m1_seed,
+                "m1_active_threshold": args.m1_active_threshold,
+            }
+            if args.features == "m1"
+            else {}
+        ),
     }
 
 
@@ -90,18 +122,119 @@ def _identity(s: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in s.items() if k not in BUDGET}
 
 
-def build_model(args: argparse.Namespace, data: Any) -> SSVAE:
-    """M2 with the command line's sizes, its initial weights drawn from ``--seed``."""
+def build_m2(args: argparse.Namespace, inputs: Inputs) -> SSVAE:
+    """M2 with the command line's sizes, its initial weights drawn from ``--seed``: on pixels
+    with Pyro's Bernoulli likelihood, on M1 codes with a Gaussian of learned variance."""
     return SSVAE(
-        data.image_shape,
+        tuple(inputs.train_x.shape[1:]),
         z_dim=args.z_dim,
         hidden=args.hidden,
         aux_loss_multiplier=args.aux_loss_multiplier,
         seed=args.seed,
+        likelihood=GaussianLearnedVariance(link="identity") if args.features == "m1" else None,
     )
 
 
-def run_one(sup_num: int, args: argparse.Namespace, data: Any) -> dict[str, Any]:
+@dataclass
+class Inputs:
+    """What M2 sees: the training and test inputs (images, or M1's codes) and their labels."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    likelihood: str
+    m1: dict[str, Any] | None = None
+
+
+def prepare_inputs(args: argparse.Namespace, data: Any) -> Inputs:
+    """The images themselves (``--features pixels``), or the codes of M1 (``--features m1``)."""
+    train_x, train_y = data.train_x, data.train_y
+    if args.n_train:
+        train_x, train_y = train_x[: args.n_train], train_y[: args.n_train]
+    test_x, test_y = data.test_x, data.test_y
+    if args.n_test:
+        test_x, test_y = test_x[: args.n_test], test_y[: args.n_test]
+    if args.features == "pixels":
+        return Inputs(
+            train_x,
+            train_y,
+            test_x,
+            test_y,
+            "Bernoulli cross-entropy on grey levels in [0, 1] (not binarised)",
+        )
+    codes, m1 = m1_codes(args, train_x, test_x)
+    return Inputs(
+        codes["train"],
+        train_y,
+        codes["test"],
+        test_y,
+        "Gaussian with learned variance on the active units of M1's posterior means",
+        m1,
+    )
+
+
+def m1_codes(
+    args: argparse.Namespace, train_x: torch.Tensor, test_x: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Train (or reload) M1, the unsupervised VAE of Kingma et al.'s stacked M1+M2, on the
+    training images outside the validation set (no labels), and encode every image.
+
+    M1 is :data:`~ppl_vae.semisupervised.M1_CONFIG` (784-600-600-50 softplus, Bernoulli on grey
+    levels), Adam lr 1e-3, batch 100, ``--m1-epochs`` epochs, seeded by ``--m1-seed`` (so the
+    draws of the labels, ``--seed``, share one M1); it is trained once per (epochs, seed, subset)
+    and kept in ``<out>/m1-e<E>-s<m1 seed>/``, resumable.
+    The codes are q's means on the units M1 uses (:func:`active_units`).
+    """
+    tag = f"m1-e{args.m1_epochs}-s{args.m1_seed}" + ("-subset" if args.n_train else "")
+    folder = args.out / tag
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt, info_path = folder / "checkpoint.pt", folder / "m1.json"
+    fit_x = train_x[: train_x.shape[0] - args.validation_num]
+    config = ModelConfig(**M1_CONFIG)
+    if info_path.exists() and ckpt.exists():  # a fresh clone has m1.json, not the weights
+        vae = load_model(ckpt, device=args.device)
+        info = json.loads(info_path.read_text())
+    else:
+        vae = build_model(config, tuple(train_x.shape[1:]), seed=args.m1_seed)
+        pyro.clear_param_store()
+        print(f"M1: {config} on {fit_x.shape[0]} training images, {args.m1_epochs} epochs")
+        history = fit(
+            vae,
+            fit_x,
+            TrainConfig(
+                epochs=args.m1_epochs,
+                batch_size=100,
+                lr=1e-3,
+                seed=args.m1_seed,
+                device=args.device,
+            ),
+            test_x=test_x,
+            checkpoint_path=ckpt,
+            resume=ckpt.exists(),
+        )
+        info = {
+            "model": asdict(config),
+            "epochs": args.m1_epochs,
+            "seed": args.m1_seed,
+            "images": fit_x.shape[0],
+            "test_elbo_per_epoch": history.test_elbo,
+            "train_seconds": sum(history.seconds),
+        }
+    codes = {"train": encode_means(vae, train_x), "test": encode_means(vae, test_x)}
+    active = active_units(codes["train"][: fit_x.shape[0]], args.m1_active_threshold)
+    info["active_units"] = int(active.sum())
+    info["active_threshold"] = args.m1_active_threshold
+    _write_json(info_path, info)
+    print(f"M1: {info['active_units']} of {active.numel()} units active; M2 reads those")
+    return {k: v[:, active].contiguous() for k, v in codes.items()}, info
+
+
+def run_one(
+    sup_num: int, args: argparse.Namespace, get_inputs: Callable[[], Inputs]
+) -> dict[str, Any]:
+    """Train (or continue, or only report) one run; ``get_inputs`` builds M2's inputs when a
+    run needs them (a finished run does not: M1 is not retrained to report it)."""
     folder = args.out / f"sup{sup_num}-s{args.seed}"
     result_path, plan_path = folder / "result.json", folder / "settings.json"
     ckpt = folder / "checkpoint.pt"
@@ -120,9 +253,9 @@ def run_one(sup_num: int, args: argparse.Namespace, data: Any) -> dict[str, Any]
         if done["settings"] == want or not ckpt.exists():
             print(f"sup_num {sup_num} seed {args.seed}: done before ({result_path})")
             if "label_check" not in done and ckpt.exists():  # a result of an older script
-                model = load_trained(ckpt, build_model(args, data))
-                n_test = args.n_test or None
-                done["label_check"] = label_check(model, data.test_x[:n_test], data.test_y[:n_test])
+                inputs = get_inputs()
+                model = load_trained(ckpt, build_m2(args, inputs))
+                done["label_check"] = label_check(model, inputs.test_x, inputs.test_y)
                 _write_json(result_path, done)
             return done
         # a longer budget continues the finished run; its earlier result is kept beside it
@@ -130,16 +263,12 @@ def run_one(sup_num: int, args: argparse.Namespace, data: Any) -> dict[str, Any]
     folder.mkdir(parents=True, exist_ok=True)
     plan_path.write_text(json.dumps(want, indent=2) + "\n")
 
-    train_x, train_y = data.train_x, data.train_y
-    if args.n_train:
-        train_x, train_y = train_x[: args.n_train], train_y[: args.n_train]
-    test_x, test_y = data.test_x, data.test_y
-    if args.n_test:
-        test_x, test_y = test_x[: args.n_test], test_y[: args.n_test]
+    inputs = get_inputs()
+    test_x, test_y = inputs.test_x, inputs.test_y
     split = split_labelled(
-        train_x, train_y, sup_num, validation_num=args.validation_num, seed=args.seed
+        inputs.train_x, inputs.train_y, sup_num, validation_num=args.validation_num, seed=args.seed
     )
-    model = build_model(args, data)
+    model = build_m2(args, inputs)
     config = SSTrainConfig(
         epochs=args.epochs,
         schedule=args.schedule,
@@ -191,7 +320,8 @@ def run_one(sup_num: int, args: argparse.Namespace, data: Any) -> dict[str, Any]
         },
         "label_check": label_check(model, test_x, test_y),
         "labelled_index_md5": hashlib.md5(split.sup_index.numpy().tobytes()).hexdigest(),
-        "likelihood": "Bernoulli cross-entropy on grey levels in [0, 1] (not binarised)",
+        "likelihood": inputs.likelihood,
+        "m1": inputs.m1,
         "settings": want,
         "device": args.device,
         "threads": torch.get_num_threads(),
@@ -246,6 +376,13 @@ def _check_text(c: dict[str, Any] | None) -> str:
     return f"{c['generative_accuracy']:.3f} / {c['median_elbo_spread_over_labels']:.1f}"
 
 
+def _inputs_text(r: dict[str, Any]) -> str:
+    """What M2 read: ``pixels``, or ``M1 e<epochs> (<k> units)`` for the stacked M1+M2."""
+    if r["settings"].get("features", "pixels") == "pixels":
+        return "pixels"
+    return f"M1 e{r['settings']['m1_epochs']} ({r['m1']['active_units']} units)"
+
+
 def _fmt(v: float | None) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
@@ -259,15 +396,19 @@ def write_table(folder: Path) -> Path:
         "",
         "Ours: `experiments/ss_vae.py` (Pyro's `ss_vae_M2.py` model: 784-500-50 softplus MLPs, "
         "enumerated label, auxiliary loss weighted α' per labelled image, Adam, grey levels "
-        "with a Bernoulli likelihood; validation = last 10 000 training images). *schedule* "
+        "with a Bernoulli likelihood; validation = last 10 000 training images). *inputs* "
+        "`pixels`: M2 on the images (Pyro's example); `M1 e<E> (k units)`: Kingma et al.'s "
+        "stacked M1+M2, M2 (Gaussian likelihood, learned variance) on the posterior means of "
+        "the k active units of an unsupervised 784-600-600-50 VAE trained E epochs. *schedule* "
         "`joint`: a labelled batch in every step; `pyro`: Pyro's, a labelled batch every "
         "N / labelled batches. *test acc* is after the last epoch, *at best valid* is at the "
         "epoch of best validation accuracy.",
         "",
-        "| labelled | seed | schedule | α' | epochs | train min | batch | best valid acc (epoch) "
+        "| labelled | seed | schedule | inputs | α' | epochs | train min | batch "
+        "| best valid acc (epoch) "
         "| test acc | test acc at best valid | Pyro published | gap (test acc − published) "
         "| generative acc / L spread (nats) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         pub = PYRO_PUBLISHED.get(r["sup_num"])
@@ -277,6 +418,7 @@ def write_table(folder: Path) -> Path:
         check = _check_text(r.get("label_check"))
         lines.append(
             f"| {r['sup_num']}{tiny} | {r['seed']} | {r['settings'].get('schedule', 'pyro')} | "
+            f"{_inputs_text(r)} | "
             f"{r['settings']['aux_loss_multiplier']:g} | {r['epochs']} | "
             f"{r['train_seconds'] / 60:.1f} | {r['settings']['batch_size']} | "
             f"{_fmt(r['best_valid_accuracy'])} ({r['best_epoch']}) | {_fmt(r['test_accuracy'])} | "
@@ -351,6 +493,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--aux-loss-multiplier", type=float, default=PYRO_EXAMPLE["aux_loss_multiplier"])
     p.add_argument("--z-dim", type=int, default=PYRO_EXAMPLE["z_dim"])
     p.add_argument("--hidden", type=int, nargs="+", default=list(PYRO_EXAMPLE["hidden"]))
+    p.add_argument(
+        "--features",
+        choices=("pixels", "m1"),
+        default="pixels",
+        help="pixels: M2 on the images (Pyro's example); m1: Kingma et al.'s stacked M1+M2, M2 on "
+        "the codes of an unsupervised VAE (M1) trained first",
+    )
+    p.add_argument("--m1-epochs", type=int, default=20, help="M1's training epochs (--features m1)")
+    p.add_argument("--m1-seed", type=int, default=0, help="M1's seed (--features m1)")
+    p.add_argument(
+        "--m1-active-threshold",
+        type=float,
+        default=0.01,
+        help="M2 reads the M1 units whose posterior mean varies over the images by more than "
+        "this (Burda et al.'s active units)",
+    )
     p.add_argument("--validation-num", type=int, default=PYRO_EXAMPLE["validation_num"])
     p.add_argument("--n-train", type=int, default=0, help="first N training images (0: all)")
     p.add_argument("--n-test", type=int, default=0, help="first N test images (0: all)")
@@ -362,9 +520,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     torch.set_num_threads(args.threads)
     if not args.table_only:
-        data = load_dataset("mnist", device=args.device, verbose=False)
+
+        @functools.cache
+        def get_inputs() -> Inputs:
+            data = load_dataset("mnist", device=args.device, verbose=False)
+            try:
+                return prepare_inputs(args, data)
+            except DataError as e:
+                raise SystemExit(f"error: {e}") from e
+
         for sup_num in args.sup_num:
-            run_one(sup_num, args, data)
+            run_one(sup_num, args, get_inputs)
             write_table(args.out)  # after every run: finished results are never lost
     print(f"table: {write_table(args.out)}")
 

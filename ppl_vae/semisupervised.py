@@ -18,6 +18,13 @@ eq. 9) is J^α = Σ_labelled -L(x, y) + Σ_unlabelled -U(x) + α' Σ_labelled -l
 
 Data: grey levels in [0, 1] scored with the Bernoulli cross-entropy, as in Pyro's example (the
 images are not binarised; for grey levels this is the usual unnormalised MNIST likelihood).
+The likelihood is a constructor argument (any :class:`~ppl_vae.likelihoods.Likelihood`).
+
+Stacked M1+M2 (Kingma et al.'s section 3.2): M2 on the codes of an unsupervised VAE, M1
+(:data:`M1_CONFIG`), instead of on pixels. :func:`encode_means` reads M1's posterior means and
+:func:`active_units` keeps the units M1 uses; M2 scores them with
+``GaussianLearnedVariance(link="identity")``. ``experiments/ss_vae.py --features m1`` does all
+three.
 Values outside [0, 1] are refused.
 
 Training (:func:`fit_ssvae`): an epoch is one pass over the unlabelled images. Two schedules,
@@ -73,6 +80,7 @@ from .errors import CheckpointError, DataError, TrainingDivergedError
 from .program import data_plate
 
 __all__ = [
+    "M1_CONFIG",
     "PYRO_EXAMPLE",
     "PYRO_PUBLISHED",
     "SCHEDULES",
@@ -81,7 +89,9 @@ __all__ = [
     "SSTrainConfig",
     "SemiSupervisedSplit",
     "accuracy",
+    "active_units",
     "batch_schedule",
+    "encode_means",
     "fit_ssvae",
     "label_elbos",
     "load_trained",
@@ -171,6 +181,11 @@ class SSVAE(nn.Module):
             initialisation (1e-3: every network starts near a constant function).
         seed: the initial weights are a function of this seed alone (the global random streams
             are neither used nor changed).
+        likelihood: p(x | y, z) given the decoder's output, any
+            :class:`~ppl_vae.likelihoods.Likelihood` (default: Bernoulli, Pyro's example). The
+            decoder emits ``params_per_pixel`` values per input value; the data must lie in the
+            likelihood's ``data_support``. Real-valued inputs (e.g. the codes of an M1 VAE, for
+            Kingma et al.'s stacked M1+M2) take ``GaussianLearnedVariance(link="identity")``.
 
     ``model``/``guide`` take ``(xs, ys=None, num_data=None)``: images ``(B, *input_shape)``,
     int64 labels ``(B,)`` or None (unlabelled: the guide enumerates y), and the size of the
@@ -186,6 +201,7 @@ class SSVAE(nn.Module):
         aux_loss_multiplier: float = PYRO_EXAMPLE["aux_loss_multiplier"],
         init_std: float = PYRO_EXAMPLE["init_std"],
         seed: int = 0,
+        likelihood: likelihoods.Likelihood | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -203,9 +219,10 @@ class SSVAE(nn.Module):
         d = math.prod(self.input_shape)
         self.encoder_y = _mlp(d, self.hidden, self.num_classes)  # logits of q(y|x)
         self.encoder_z = _JointMLP(d, self.num_classes, self.hidden, 2 * self.z_dim)
-        self.decoder = _JointMLP(self.z_dim, self.num_classes, self.hidden, d)  # logits
-        self.likelihood = likelihoods.Bernoulli()
-        self.likelihood.event_dim = 1  # images are flattened: one event of d pixels
+        self.likelihood = likelihoods.Bernoulli() if likelihood is None else likelihood
+        self.likelihood.event_dim = 1  # inputs are flattened: one event of d values
+        out = self.likelihood.params_per_pixel * d
+        self.decoder = _JointMLP(self.z_dim, self.num_classes, self.hidden, out)
         self.reset_parameters(seed, init_std)
 
     def reset_parameters(self, seed: int, init_std: float = PYRO_EXAMPLE["init_std"]) -> None:
@@ -234,7 +251,8 @@ class SSVAE(nn.Module):
         return loc, log_scale.exp()  # Pyro's example: exp of the raw output
 
     def decoder_logits(self, zs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-        """Logits of p(x|y, z), flattened: ``(..., B, prod(input_shape))``."""
+        """The decoder's output, the likelihood's parameters (logits for the Bernoulli),
+        flattened: ``(..., B, params_per_pixel * prod(input_shape))``."""
         return self.decoder(zs, self._onehot(ys, zs))
 
     def predict(self, xs: torch.Tensor) -> torch.Tensor:
@@ -290,8 +308,8 @@ class SSVAE(nn.Module):
 
     # ------------------------------------------------------------------ checks
     def check_data(self, x: torch.Tensor, what: str = "data") -> None:
-        """Raise :class:`DataError` unless ``x`` is a finite float batch of images of this
-        model's shape with values in [0, 1] (the Bernoulli likelihood's range)."""
+        """Raise :class:`DataError` unless ``x`` is a finite float batch of inputs of this
+        model's shape with values the likelihood can score (``[0, 1]`` for the Bernoulli)."""
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise DataError(f"{what} must be a floating-point tensor, got {_describe(x)}")
         if x.dim() == 0 or x.shape[0] == 0:
@@ -303,12 +321,13 @@ class SSVAE(nn.Module):
             )
         if not torch.isfinite(x).all():
             raise DataError(f"{what} contains NaN/Inf values")
-        lo, hi = float(x.min()), float(x.max())
-        if lo < 0 or hi > 1:
+        if not bool(self.likelihood.data_support.check(x).all()):
+            lo, hi = float(x.min()), float(x.max())
+            name = type(self.likelihood).__name__
             raise DataError(
-                f"{what} spans [{lo:.4g}, {hi:.4g}], but the Bernoulli likelihood scores values "
-                "in [0, 1] only (grey levels or bits): rescale the images to [0, 1], e.g. bytes "
-                "/ 255"
+                f"{what} spans [{lo:.4g}, {hi:.4g}], outside what the {name} likelihood scores "
+                f"({self.likelihood.data_support}): rescale images to [0, 1] (e.g. bytes / 255), "
+                "or give real-valued inputs a likelihood with link='identity'"
             )
 
     def check_labels(self, y: torch.Tensor, n: int, what: str = "labels") -> None:
@@ -389,6 +408,49 @@ def label_elbos(
             )
         out.append((total / num_samples).T - math.log(model.num_classes))
     return torch.cat(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Stacked M1+M2 (Kingma et al. 2014, section 3.2): M2 on the codes of an unsupervised VAE
+# --------------------------------------------------------------------------------------------
+
+#: Kingma et al.'s M1, as :class:`~ppl_vae.ModelConfig` fields: a VAE with two hidden layers of
+#: 600 softplus units and a 50-dimensional z, trained without labels; its codes are M2's inputs.
+M1_CONFIG: dict[str, Any] = {"latent_dim": 50, "hidden": (600, 600), "activation": "softplus"}
+
+
+@torch.no_grad()
+def encode_means(vae: nn.Module, x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
+    """The posterior means E_q[z | x] of a trained VAE (its ``encode``), ``(N, latent_dim)``,
+    in eval mode and in batches: the inputs of the stacked M1+M2."""
+    was_training = vae.training
+    vae.eval()
+    try:
+        return torch.cat(
+            [vae.encode(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        )
+    finally:
+        vae.train(was_training)
+
+
+def active_units(codes: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:
+    """Which latent units a VAE uses: ``Var_x E_q[z_u | x] > threshold`` (Burda et al. 2016's
+    criterion), a boolean mask over the units.
+
+    Why: a VAE leaves units it does not need at the prior (their posterior mean is ~0 for every
+    x). Those units carry no information about x, and as inputs of M2 they are constants that a
+    Gaussian likelihood with learned variance would score with an unbounded density; M1+M2
+    keeps the active units only.
+    """
+    if codes.dim() != 2 or codes.shape[0] < 2:
+        raise DataError(f"codes must be (N >= 2, latent_dim), got shape {tuple(codes.shape)}")
+    mask = codes.var(0) > threshold
+    if not bool(mask.any()):
+        raise DataError(
+            f"no latent unit is active (Var_x E[z|x] <= {threshold} for all "
+            f"{codes.shape[1]}): the VAE's posterior has collapsed to its prior; train it longer"
+        )
+    return mask
 
 
 # --------------------------------------------------------------------------------------------

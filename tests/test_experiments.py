@@ -60,6 +60,8 @@ PUBLIC_API: dict[str, set[str] | None] = {
         "evaluate",
         "bits_per_dim",
         "resolve_device",
+        "load_model",  # reloads a trained model from its run folder (M1 of the stacked M1+M2)
+        "DataError",
         "PointMassGuide",
         "NormalGuide",
         "__version__",  # keys the model cache: a new release retrains

@@ -24,7 +24,9 @@ from pyro.optim import SGD
 from torch.distributions import Normal
 from torch.nn import functional as F
 
+from ppl_vae import ModelConfig, build_model
 from ppl_vae.errors import CheckpointError, DataError
+from ppl_vae.likelihoods import GaussianLearnedVariance
 from ppl_vae.semisupervised import (
     PYRO_PUBLISHED,
     SCHEDULES,
@@ -33,7 +35,9 @@ from ppl_vae.semisupervised import (
     SSTrainConfig,
     _joint_step,
     accuracy,
+    active_units,
     batch_schedule,
+    encode_means,
     fit_ssvae,
     label_elbos,
     load_trained,
@@ -89,6 +93,66 @@ def test_enumerated_loss_is_the_sum_over_labels(num_data: int | None) -> None:
         per_label = -math.log(K) + log_px + log_pz - log_qz - log_qy
         hand = -(log_qy.exp() * per_label).sum() * ((num_data or b) / b)
     assert loss == pytest.approx(float(hand), rel=1e-10)
+
+
+def test_any_likelihood_plugs_in_real_valued_inputs_with_a_learned_variance() -> None:
+    """M2 on real-valued inputs (M1+M2: an M1 VAE's codes): with
+    ``GaussianLearnedVariance(link="identity")`` the decoder emits a mean and a log-variance per
+    input value and the enumerated loss is the same sum over labels with a Gaussian log p(x|y,z);
+    the Bernoulli default refuses such inputs."""
+    d, b = 6, 5
+    m = SSVAE(
+        (d,),
+        z_dim=3,
+        hidden=(8,),
+        init_std=0.3,
+        seed=0,
+        likelihood=GaussianLearnedVariance(link="identity"),
+    ).to(torch.float64)
+    xs = torch.randn(b, d, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2
+    guide = poutine.trace(m.guide)
+    loss = TraceEnum_ELBO(max_plate_nesting=1).loss(m.model, guide, xs, None, None)
+    z = guide.trace.nodes["z"]["value"]
+    with torch.no_grad():
+        log_qy = F.log_softmax(m.classifier_logits(xs), -1).T
+        ys = torch.arange(K).reshape(K, 1)
+        loc, scale = m.z_params(xs, ys)
+        out = m.decoder_logits(z, ys)
+        assert out.shape == (K, b, 2 * d), "a mean and a log-variance per input value"
+        mu, log_var = out[..., :d], out[..., d:].clamp(-9.0, 4.0)
+        log_px = Normal(mu, (0.5 * log_var).exp()).log_prob(xs).sum(-1)
+        per_label = (
+            -math.log(K)
+            + log_px
+            + Normal(0.0, 1.0).log_prob(z).sum(-1)
+            - Normal(loc, scale).log_prob(z).sum(-1)
+            - log_qy
+        )
+        hand = -(log_qy.exp() * per_label).sum()
+    assert loss == pytest.approx(float(hand), rel=1e-10)
+    m.check_data(xs)  # real values are what this likelihood scores
+    with pytest.raises(DataError, match=r"Bernoulli.*link='identity'"):
+        SSVAE((d,), z_dim=3, hidden=(8,)).check_data(xs.float())
+
+
+def test_m1_codes_are_the_posterior_means_on_the_active_units() -> None:
+    """encode_means = the VAE's q means, batch by batch, in eval mode (and the mode restored);
+    active_units keeps the units whose mean varies over x by more than the threshold, and
+    refuses a VAE none of whose units does."""
+    vae = build_model(ModelConfig(latent_dim=3, hidden=(8,)), SHAPE, seed=0)
+    x = images(7)
+    got = encode_means(vae, x, batch_size=3)  # three batches
+    assert vae.training, "the caller's mode is restored"
+    vae.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(got, vae.encode(x))
+    codes = torch.stack([torch.zeros(50), torch.linspace(-1, 1, 50), 0.05 * torch.randn(50)], 1)
+    assert active_units(codes).tolist() == [False, True, False]
+    assert active_units(codes, threshold=0.0).tolist() == [False, True, True]
+    with pytest.raises(DataError, match="no latent unit is active"):
+        active_units(torch.zeros(10, 4))
+    with pytest.raises(DataError, match="shape"):
+        active_units(torch.zeros(10))
 
 
 def test_supervised_and_auxiliary_losses_by_hand() -> None:
@@ -325,7 +389,7 @@ def test_resume_continues_exactly(tmp_path: Path, schedule: str) -> None:
 
 
 # ------------------------------------------------------------------------------ the script
-def test_script_on_a_tiny_budget(tmp_path: Path, mnist) -> None:
+def test_script_on_a_tiny_budget(tmp_path: Path, mnist, monkeypatch) -> None:
     out = tmp_path / "ssvae"
     base = [sys.executable, str(ROOT / "experiments" / "ss_vae.py"), "--out", str(out)]
     base += ["--sup-num", "20", "--n-train", "300", "--validation-num", "100"]
@@ -342,15 +406,36 @@ def test_script_on_a_tiny_budget(tmp_path: Path, mnist) -> None:
         assert key in r
     table = (out / "table.md").read_text()
     assert (
-        f"{PYRO_PUBLISHED[100][0]:.4f}" in table and "| 20 (subset) | 0 | pyro | 46 | 1 |" in table
+        f"{PYRO_PUBLISHED[100][0]:.4f}" in table
+        and "| 20 (subset) | 0 | pyro | pixels | 46 | 1 |" in table
     )
     # a longer budget continues the run from its checkpoint; the finished result is kept
     # (in this process: the second import of torch, Pyro and ppl_vae would double the time)
     spec = importlib.util.spec_from_file_location("ss_vae_script", base[1])
     script = importlib.util.module_from_spec(spec)
+    # importlib's recipe (dataclasses look their module up), undone after the test
+    monkeypatch.setitem(sys.modules, spec.name, script)
     spec.loader.exec_module(script)
     script.main([*base[2:], "--epochs", "2"])
     r2 = json.loads((out / "sup20-s0" / "result.json").read_text())
     assert r2["epochs"] == 2
     assert r2["valid_accuracy_per_epoch"][0] == r["valid_accuracy_per_epoch"][0]
     assert json.loads((out / "sup20-s0" / "result-1epochs.json").read_text()) == r
+    # the stacked M1+M2: M1 trained first (kept, with its active units), M2 on its codes
+    m1m2 = tmp_path / "m1m2"
+    stacked = ["--features", "m1", "--m1-epochs", "1", "--m1-active-threshold", "0"]
+    script.main([*base[2:], "--epochs", "1", *stacked, "--out", str(m1m2)])
+    r3 = json.loads((m1m2 / "sup20-s0" / "result.json").read_text())
+    assert r3["settings"]["features"] == "m1" and r3["m1"]["epochs"] == 1
+    assert r3["m1"]["images"] == 200 and r3["m1"]["active_units"] == 50
+    assert "Gaussian" in r3["likelihood"] and 0.0 <= r3["test_accuracy"] <= 1.0
+    assert (
+        "| 20 (subset) | 0 | pyro | M1 e1 (50 units) | 46 | 1 |" in (m1m2 / "table.md").read_text()
+    )
+    assert (m1m2 / "m1-e1-s0-subset" / "checkpoint.pt").exists()
+    # a finished run is only reported: without M1's weights (a fresh clone keeps m1.json and the
+    # results, not the weights) M1 is not retrained
+    (m1m2 / "m1-e1-s0-subset" / "checkpoint.pt").unlink()
+    script.main([*base[2:], "--epochs", "1", *stacked, "--out", str(m1m2)])
+    assert not (m1m2 / "m1-e1-s0-subset" / "checkpoint.pt").exists()
+    assert json.loads((m1m2 / "sup20-s0" / "result.json").read_text()) == r3
