@@ -182,11 +182,13 @@ def m1_codes(
 
     M1 is :data:`~ppl_vae.semisupervised.M1_CONFIG` (784-600-600-50 softplus, Bernoulli on grey
     levels), Adam lr 1e-3, batch 100, ``--m1-epochs`` epochs, seeded by ``--m1-seed`` (so the
-    draws of the labels, ``--seed``, share one M1); it is trained once per (epochs, seed, subset)
-    and kept in ``<out>/m1-e<E>-s<m1 seed>/``, resumable.
+    draws of the labels, ``--seed``, share one M1); it is trained once per (epochs, seed, training
+    images) and kept in ``<out>/m1-e<E>-s<m1 seed>[-n<N>-v<V>]/``, resumable.
     The codes are q's means on the units M1 uses (:func:`active_units`).
     """
-    tag = f"m1-e{args.m1_epochs}-s{args.m1_seed}" + ("-subset" if args.n_train else "")
+    tag = f"m1-e{args.m1_epochs}-s{args.m1_seed}"
+    if args.n_train or args.validation_num != PYRO_EXAMPLE["validation_num"]:
+        tag += f"-n{args.n_train}-v{args.validation_num}"  # M1 saw other images
     folder = args.out / tag
     folder.mkdir(parents=True, exist_ok=True)
     ckpt, info_path = folder / "checkpoint.pt", folder / "m1.json"

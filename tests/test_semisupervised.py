@@ -432,10 +432,10 @@ def test_script_on_a_tiny_budget(tmp_path: Path, mnist, monkeypatch) -> None:
     assert (
         "| 20 (subset) | 0 | pyro | M1 e1 (50 units) | 46 | 1 |" in (m1m2 / "table.md").read_text()
     )
-    assert (m1m2 / "m1-e1-s0-subset" / "checkpoint.pt").exists()
+    assert (m1m2 / "m1-e1-s0-n300-v100" / "checkpoint.pt").exists()
     # a finished run is only reported: without M1's weights (a fresh clone keeps m1.json and the
     # results, not the weights) M1 is not retrained
-    (m1m2 / "m1-e1-s0-subset" / "checkpoint.pt").unlink()
+    (m1m2 / "m1-e1-s0-n300-v100" / "checkpoint.pt").unlink()
     script.main([*base[2:], "--epochs", "1", *stacked, "--out", str(m1m2)])
-    assert not (m1m2 / "m1-e1-s0-subset" / "checkpoint.pt").exists()
+    assert not (m1m2 / "m1-e1-s0-n300-v100" / "checkpoint.pt").exists()
     assert json.loads((m1m2 / "sup20-s0" / "result.json").read_text()) == r3
