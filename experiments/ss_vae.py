@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro
 import torch
 
@@ -378,6 +379,45 @@ def _check_text(c: dict[str, Any] | None) -> str:
     return f"{c['generative_accuracy']:.3f} / {c['median_elbo_spread_over_labels']:.1f}"
 
 
+def _draw_means(results: list[dict[str, Any]]) -> list[str]:
+    """Lines giving, for every recipe run on two or more draws of the labelled images (runs
+    whose settings differ only in ``--seed``), the mean test accuracy over the draws with its
+    95% half-width 1.96·s/√n — the form of Pyro's table (five draws there)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        key = {k: v for k, v in _identity(r["settings"]).items() if k != "seed"}
+        groups.setdefault(json.dumps(key, sort_keys=True), []).append(r)
+    lines = []
+    for runs in groups.values():
+        if len(runs) < 2:
+            continue
+        r0 = runs[0]
+        parts = []
+        for label, field in (
+            ("last epoch", "test_accuracy"),
+            ("best validation epoch", "test_accuracy_at_best_valid"),
+        ):
+            acc = np.array([r[field] for r in runs if r[field] is not None], dtype=float)
+            if len(acc) < 2:
+                continue
+            half = 1.96 * acc.std(ddof=1) / math.sqrt(len(acc))
+            parts.append(f"{acc.mean():.4f} ± {half:.4f} at the {label}")
+        lines.append(
+            f"- {r0['sup_num']} labels, {r0['settings'].get('schedule', 'pyro')} schedule, "
+            f"inputs {_inputs_text(r0)}, α' {r0['settings']['aux_loss_multiplier']:g}, "
+            f"{len(runs)} draws (seeds {', '.join(str(r['seed']) for r in runs)}): test accuracy "
+            + "; ".join(parts)
+        )
+    if lines:
+        lines = [
+            "",
+            "Mean over draws of the labelled images (95% half-width 1.96·s/√n):",
+            "",
+            *lines,
+        ]
+    return lines
+
+
 def _inputs_text(r: dict[str, Any]) -> str:
     """What M2 read: ``pixels``, or ``M1 e<epochs> (<k> units)`` for the stacked M1+M2."""
     if r["settings"].get("features", "pixels") == "pixels":
@@ -426,6 +466,7 @@ def write_table(folder: Path) -> Path:
             f"{_fmt(r['best_valid_accuracy'])} ({r['best_epoch']}) | {_fmt(r['test_accuracy'])} | "
             f"{_fmt(r['test_accuracy_at_best_valid'])} | {published} | {gap} | {check} |"
         )
+    lines += _draw_means(results)
     stopped = [json.loads(p.read_text()) for p in sorted(folder.glob("**/history.json"))]
     if stopped:
         lines += ["", "Stopped runs (their record is `history.json`: no final result):", ""]
