@@ -58,6 +58,7 @@ from ppl_vae import (
     load_dataset,
     load_model,
 )
+from ppl_vae.latent import encode_dataset
 from ppl_vae.likelihoods import GaussianLearnedVariance
 from ppl_vae.semisupervised import (
     M1_CONFIG,
@@ -68,7 +69,6 @@ from ppl_vae.semisupervised import (
     SSTrainConfig,
     accuracy,
     active_units,
-    encode_means,
     fit_ssvae,
     label_elbos,
     load_trained,
@@ -224,7 +224,7 @@ def m1_codes(
             "test_elbo_per_epoch": history.test_elbo,
             "train_seconds": sum(history.seconds),
         }
-    codes = {"train": encode_means(vae, train_x), "test": encode_means(vae, test_x)}
+    codes = {"train": encode_dataset(vae, train_x), "test": encode_dataset(vae, test_x)}
     active = active_units(codes["train"][: fit_x.shape[0]], args.m1_active_threshold)
     info["active_units"] = int(active.sum())
     info["active_threshold"] = args.m1_active_threshold

@@ -18,14 +18,14 @@ eq. 9) is J^α = Σ_labelled -L(x, y) + Σ_unlabelled -U(x) + α' Σ_labelled -l
 
 Data: grey levels in [0, 1] scored with the Bernoulli cross-entropy, as in Pyro's example (the
 images are not binarised; for grey levels this is the usual unnormalised MNIST likelihood).
-The likelihood is a constructor argument (any :class:`~ppl_vae.likelihoods.Likelihood`).
+The likelihood is a constructor argument (any :class:`~ppl_vae.likelihoods.Likelihood`); inputs
+it cannot score are refused.
 
 Stacked M1+M2 (Kingma et al.'s section 3.2): M2 on the codes of an unsupervised VAE, M1
-(:data:`M1_CONFIG`), instead of on pixels. :func:`encode_means` reads M1's posterior means and
-:func:`active_units` keeps the units M1 uses; M2 scores them with
+(:data:`M1_CONFIG`), instead of on pixels. :func:`ppl_vae.latent.encode_dataset` reads M1's
+posterior means and :func:`active_units` keeps the units M1 uses; M2 scores them with
 ``GaussianLearnedVariance(link="identity")``. ``experiments/ss_vae.py --features m1`` does all
 three.
-Values outside [0, 1] are refused.
 
 Training (:func:`fit_ssvae`): an epoch is one pass over the unlabelled images. Two schedules,
 both unbiased estimates of the whole J^α at every step (the data plate is ``data_plate(x,
@@ -91,7 +91,6 @@ __all__ = [
     "accuracy",
     "active_units",
     "batch_schedule",
-    "encode_means",
     "fit_ssvae",
     "label_elbos",
     "load_trained",
@@ -417,20 +416,6 @@ def label_elbos(
 #: Kingma et al.'s M1, as :class:`~ppl_vae.ModelConfig` fields: a VAE with two hidden layers of
 #: 600 softplus units and a 50-dimensional z, trained without labels; its codes are M2's inputs.
 M1_CONFIG: dict[str, Any] = {"latent_dim": 50, "hidden": (600, 600), "activation": "softplus"}
-
-
-@torch.no_grad()
-def encode_means(vae: nn.Module, x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
-    """The posterior means E_q[z | x] of a trained VAE (its ``encode``), ``(N, latent_dim)``,
-    in eval mode and in batches: the inputs of the stacked M1+M2."""
-    was_training = vae.training
-    vae.eval()
-    try:
-        return torch.cat(
-            [vae.encode(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
-        )
-    finally:
-        vae.train(was_training)
 
 
 def active_units(codes: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:

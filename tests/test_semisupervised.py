@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from ppl_vae import ModelConfig, build_model
 from ppl_vae.errors import CheckpointError, DataError
+from ppl_vae.latent import encode_dataset
 from ppl_vae.likelihoods import GaussianLearnedVariance
 from ppl_vae.semisupervised import (
     PYRO_PUBLISHED,
@@ -37,7 +38,6 @@ from ppl_vae.semisupervised import (
     accuracy,
     active_units,
     batch_schedule,
-    encode_means,
     fit_ssvae,
     label_elbos,
     load_trained,
@@ -136,12 +136,12 @@ def test_any_likelihood_plugs_in_real_valued_inputs_with_a_learned_variance() ->
 
 
 def test_m1_codes_are_the_posterior_means_on_the_active_units() -> None:
-    """encode_means = the VAE's q means, batch by batch, in eval mode (and the mode restored);
-    active_units keeps the units whose mean varies over x by more than the threshold, and
-    refuses a VAE none of whose units does."""
+    """encode_dataset (what M1+M2 reads M1 with) = the VAE's q means, batch by batch, in eval
+    mode (and the mode restored); active_units keeps the units whose mean varies over x by more
+    than the threshold, and refuses a VAE none of whose units does."""
     vae = build_model(ModelConfig(latent_dim=3, hidden=(8,)), SHAPE, seed=0)
     x = images(7)
-    got = encode_means(vae, x, batch_size=3)  # three batches
+    got = encode_dataset(vae, x, batch_size=3)  # three batches
     assert vae.training, "the caller's mode is restored"
     vae.eval()
     with torch.no_grad():
