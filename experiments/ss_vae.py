@@ -27,7 +27,8 @@ uses the label (:func:`label_check`).
 
 ``--features m1`` is Kingma et al.'s stacked M1+M2: an unsupervised VAE (M1, 784-600-600-50)
 is trained first on the training images (no labels; kept in ``<out>/m1-e<E>-s<seed>/``, shared by
-every draw of the labels) and M2 reads the posterior means of its active units instead of pixels.
+every draw of the labels) and M2 reads the posterior means of its active units instead of pixels;
+with ``--m1-inputs sample`` M2 trains on a fresh draw z1 ~ q(z1 | x) per batch, as Kingma et al. do.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from ppl_vae import (
 )
 from ppl_vae.latent import encode_dataset
 from ppl_vae.likelihoods import GaussianLearnedVariance
+from ppl_vae.metrics import eval_mode, map_batches
 from ppl_vae.semisupervised import (
     M1_CONFIG,
     PYRO_EXAMPLE,
@@ -112,6 +114,8 @@ def settings(args: argparse.Namespace, sup_num: int) -> dict[str, Any]:
             if args.features == "m1"
             else {}
         ),
+        # M2 on fresh draws of M1's codes (older M1+M2 results read the means: no such key)
+        **({"m1_inputs": "sample"} if args.features == "m1" and args.m1_inputs == "sample" else {}),
     }
 
 
@@ -146,6 +150,7 @@ class Inputs:
     test_y: torch.Tensor
     likelihood: str
     m1: dict[str, Any] | None = None
+    train_scale: torch.Tensor | None = None  # M1's posterior standard deviations (--m1-inputs)
 
 
 def prepare_inputs(args: argparse.Namespace, data: Any) -> Inputs:
@@ -165,13 +170,16 @@ def prepare_inputs(args: argparse.Namespace, data: Any) -> Inputs:
             "Bernoulli cross-entropy on grey levels in [0, 1] (not binarised)",
         )
     codes, m1 = m1_codes(args, train_x, test_x)
+    sample = args.m1_inputs == "sample"
     return Inputs(
         codes["train"],
         train_y,
         codes["test"],
         test_y,
-        "Gaussian with learned variance on the active units of M1's posterior means",
+        "Gaussian with learned variance on the active units of M1's "
+        + ("codes, a fresh draw z1 ~ q(z1 | x) per batch" if sample else "posterior means"),
         m1,
+        codes["train_scale"] if sample else None,
     )
 
 
@@ -185,7 +193,8 @@ def m1_codes(
     levels), Adam lr 1e-3, batch 100, ``--m1-epochs`` epochs, seeded by ``--m1-seed`` (so the
     draws of the labels, ``--seed``, share one M1); it is trained once per (epochs, seed, training
     images) and kept in ``<out>/m1-e<E>-s<m1 seed>[-n<N>-v<V>]/``, resumable.
-    The codes are q's means on the units M1 uses (:func:`active_units`).
+    The codes are q's means on the units M1 uses (:func:`active_units`); ``train_scale`` holds
+    q's standard deviations of the training images on those units.
     """
     tag = f"m1-e{args.m1_epochs}-s{args.m1_seed}"
     if args.n_train or args.validation_num != PYRO_EXAMPLE["validation_num"]:
@@ -225,6 +234,8 @@ def m1_codes(
             "train_seconds": sum(history.seconds),
         }
     codes = {"train": encode_dataset(vae, train_x), "test": encode_dataset(vae, test_x)}
+    with eval_mode(vae):
+        codes["train_scale"] = torch.cat(map_batches(lambda b: vae.posterior(b).stddev, train_x))
     active = active_units(codes["train"][: fit_x.shape[0]], args.m1_active_threshold)
     info["active_units"] = int(active.sum())
     info["active_threshold"] = args.m1_active_threshold
@@ -269,7 +280,12 @@ def run_one(
     inputs = get_inputs()
     test_x, test_y = inputs.test_x, inputs.test_y
     split = split_labelled(
-        inputs.train_x, inputs.train_y, sup_num, validation_num=args.validation_num, seed=args.seed
+        inputs.train_x,
+        inputs.train_y,
+        sup_num,
+        validation_num=args.validation_num,
+        seed=args.seed,
+        scale=inputs.train_scale,
     )
     model = build_m2(args, inputs)
     config = SSTrainConfig(
@@ -419,10 +435,12 @@ def _draw_means(results: list[dict[str, Any]]) -> list[str]:
 
 
 def _inputs_text(r: dict[str, Any]) -> str:
-    """What M2 read: ``pixels``, or ``M1 e<epochs> (<k> units)`` for the stacked M1+M2."""
+    """What M2 read: ``pixels``, or ``M1 e<epochs> (<k> units)`` for the stacked M1+M2 (``,
+    draws`` when it trained on fresh draws z1 ~ q(z1 | x) rather than the means)."""
     if r["settings"].get("features", "pixels") == "pixels":
         return "pixels"
-    return f"M1 e{r['settings']['m1_epochs']} ({r['m1']['active_units']} units)"
+    draws = ", draws" if r["settings"].get("m1_inputs") == "sample" else ""
+    return f"M1 e{r['settings']['m1_epochs']} ({r['m1']['active_units']} units{draws})"
 
 
 def _fmt(v: float | None) -> str:
@@ -441,7 +459,9 @@ def write_table(folder: Path) -> Path:
         "with a Bernoulli likelihood; validation = last 10 000 training images). *inputs* "
         "`pixels`: M2 on the images (Pyro's example); `M1 e<E> (k units)`: Kingma et al.'s "
         "stacked M1+M2, M2 (Gaussian likelihood, learned variance) on the posterior means of "
-        "the k active units of an unsupervised 784-600-600-50 VAE trained E epochs. *schedule* "
+        "the k active units of an unsupervised 784-600-600-50 VAE trained E epochs (`draws`: "
+        "trained on a fresh draw z1 ~ q(z1 | x) per batch, as Kingma et al.; evaluated on the "
+        "means). *schedule* "
         "`joint`: a labelled batch in every step; `pyro`: Pyro's, a labelled batch every "
         "N / labelled batches. *test acc* is after the last epoch, *at best valid* is at the "
         "epoch of best validation accuracy.",
@@ -551,6 +571,13 @@ def main(argv: list[str] | None = None) -> None:
         default=0.01,
         help="M2 reads the M1 units whose posterior mean varies over the images by more than "
         "this (Burda et al.'s active units)",
+    )
+    p.add_argument(
+        "--m1-inputs",
+        choices=("mean", "sample"),
+        default="mean",
+        help="M2's training inputs: M1's posterior means, or a fresh draw z1 ~ q(z1 | x) for every "
+        "batch (Kingma et al.); validation and test read the means (--features m1)",
     )
     p.add_argument("--validation-num", type=int, default=PYRO_EXAMPLE["validation_num"])
     p.add_argument("--n-train", type=int, default=0, help="first N training images (0: all)")

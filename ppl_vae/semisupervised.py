@@ -68,6 +68,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions import constraints
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.util import zero_grads
 from pyro.optim import Adam
@@ -449,7 +450,13 @@ class SemiSupervisedSplit:
     (balanced across classes), ``unsup_x`` the rest of the training part (their labels are
     not kept, so training cannot see them), ``valid_x``/``valid_y`` the held-out validation
     images, and ``sup_index``/``unsup_index`` the positions of the labelled and unlabelled
-    images in the original training tensor (to record or reproduce the split)."""
+    images in the original training tensor (to record or reproduce the split).
+
+    ``sup_scale``/``unsup_scale``, when present, say that the training inputs are the means of
+    a Gaussian per image with these standard deviations (M1's q(z1 | x) in the stacked M1+M2):
+    :func:`fit_ssvae` then trains on fresh draws ``x + scale * eps`` for every batch, as
+    Kingma et al. (2014, §3.2) train M2 on samples z1 ~ q(z1 | x); validation and test
+    accuracy read the means."""
 
     sup_x: torch.Tensor
     sup_y: torch.Tensor
@@ -458,6 +465,8 @@ class SemiSupervisedSplit:
     valid_y: torch.Tensor
     sup_index: torch.Tensor
     unsup_index: torch.Tensor
+    sup_scale: torch.Tensor | None = None
+    unsup_scale: torch.Tensor | None = None
 
     @property
     def num_train(self) -> int:
@@ -473,14 +482,17 @@ def split_labelled(
     validation_num: int = PYRO_EXAMPLE["validation_num"],
     num_classes: int = 10,
     seed: int = 0,
+    scale: torch.Tensor | None = None,
 ) -> SemiSupervisedSplit:
     """Pyro's split: the last ``validation_num`` images are the validation set; from the others
     ``sup_num / num_classes`` images of each class, drawn with ``seed``, keep their labels and
-    the remaining images are unlabelled.
+    the remaining images are unlabelled. With ``scale`` (positive, the shape of ``x``), ``x``
+    are Gaussian means with these standard deviations and training draws fresh inputs from
+    them (:class:`SemiSupervisedSplit`).
 
     Raises :class:`DataError` when ``sup_num`` is not a positive multiple of ``num_classes``,
     when the data are too few (for the validation set, or for ``sup_num / num_classes`` images
-    of some class), or when images and labels do not match.
+    of some class), when images and labels do not match, or when ``scale`` does not fit ``x``.
     """
     if not isinstance(x, torch.Tensor) or x.dim() < 2:
         raise DataError(f"images must be a tensor (N, ...), got {_describe(x)}")
@@ -505,6 +517,15 @@ def split_labelled(
             f"sup_num = {sup_num} is larger than the {n_train} training images "
             f"({n} minus {validation_num} for validation)"
         )
+    if scale is not None:
+        if not isinstance(scale, torch.Tensor) or scale.shape != x.shape:
+            raise DataError(
+                f"scale must be a tensor of the inputs' shape {tuple(x.shape)}, got "
+                f"{_describe(scale)}"
+            )
+        if not bool(torch.isfinite(scale).all() and (scale > 0).all()):
+            raise DataError("scale must hold positive finite standard deviations")
+        scale = scale.to(x.device)
     per_class = sup_num // num_classes
     g = torch.Generator().manual_seed(int(seed))
     train_y = y[:n_train].cpu()
@@ -530,6 +551,8 @@ def split_labelled(
         valid_y=y[n_train:],
         sup_index=sup_index,
         unsup_index=unsup_index,
+        sup_scale=None if scale is None else scale[sup_index.to(dev)],
+        unsup_scale=None if scale is None else scale[unsup_index.to(dev)],
     )
 
 
@@ -722,10 +745,12 @@ def fit_ssvae(
     step and one auxiliary-loss SVI step on one Adam. After each epoch the validation
     accuracy (and the test accuracy, when ``test`` is given) is recorded and, with
     ``checkpoint_path``, the whole state is written atomically; ``resume`` continues such a run
-    exactly. The same seeds (``SSVAE(seed=...)`` and ``config.seed``) give the same run.
+    exactly. The same seeds (``SSVAE(seed=...)`` and ``config.seed``) give the same run. A split
+    with scales trains on fresh draws of its inputs (:class:`SemiSupervisedSplit`).
 
-    Raises :class:`DataError` for images outside [0, 1], of the wrong shape, or labels out of
-    range, and :class:`TrainingDivergedError` if a loss stops being finite.
+    Raises :class:`DataError` for inputs the likelihood cannot score, of the wrong shape,
+    labels out of range or scales that do not fit, and :class:`TrainingDivergedError` if a loss
+    stops being finite.
     """
     config = config or SSTrainConfig()
     config.validate()
@@ -737,8 +762,31 @@ def fit_ssvae(
     if test is not None:
         model.check_data(test[0], "test images")
         model.check_labels(test[1], test[0].shape[0], "test labels")
+    for what, x, scale in (
+        ("labelled", split.sup_x, split.sup_scale),
+        ("unlabelled", split.unsup_x, split.unsup_scale),
+    ):
+        if (scale is None) != (split.sup_scale is None) or (
+            scale is not None and scale.shape != x.shape
+        ):
+            raise DataError(
+                f"the {what} inputs' scale must be given for both sets, in the inputs' shape "
+                f"{tuple(x.shape)}; got {_describe(scale)}"
+            )
+    if split.sup_scale is not None and model.likelihood.data_support is not constraints.real:
+        raise DataError(
+            f"the split asks for fresh draws x + scale * eps, which can leave the support of the "
+            f"{type(model.likelihood).__name__} likelihood ({model.likelihood.data_support}); "
+            "give the model a likelihood of real values (link='identity')"
+        )
     device = split.sup_x.device
     model.to(device)
+
+    def inputs(sup: bool, idx: torch.Tensor) -> torch.Tensor:
+        """The batch's inputs: the stored ones, or a fresh draw around them (class docstring)."""
+        x = (split.sup_x if sup else split.unsup_x)[idx]
+        scale = split.sup_scale if sup else split.unsup_scale
+        return x if scale is None else x + scale[idx] * torch.randn_like(x)
 
     n_sup, n_unsup = split.sup_x.shape[0], split.unsup_x.shape[0]
     n_total = n_sup + n_unsup
@@ -806,7 +854,7 @@ def fit_ssvae(
         for i, sup in enumerate(kinds):
             idx = order[sup][pos[sup] : pos[sup] + bs]
             pos[sup] += bs
-            xs = (split.sup_x if sup else split.unsup_x)[idx]
+            xs = inputs(sup, idx)
             ys = split.sup_y[idx] if sup else None
             n_set = n_sup if sup else n_unsup
             if joint:
@@ -816,7 +864,7 @@ def fit_ssvae(
                     (elbo, aux_elbo),
                     optim,
                     (xs, n_unsup),
-                    (split.sup_x[idx_sup], split.sup_y[idx_sup], n_sup),
+                    (inputs(True, idx_sup), split.sup_y[idx_sup], n_sup),
                 )
             else:
                 sup_part = 0.0

@@ -358,6 +358,63 @@ def _train(seed: int, epochs: int = 2, schedule: str = "joint", **kw) -> tuple[S
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
+def test_a_split_with_scales_trains_on_fresh_draws_around_the_means(schedule: str) -> None:
+    """Kingma et al.'s M1+M2 input: every batch a new x + scale * eps (eps ~ N(0, 1)) for the
+    labelled and the unlabelled inputs alike; the same seed
+    gives the same draws."""
+    n, n_valid = 120, 30
+    means = torch.full((n + n_valid, *SHAPE), 0.25)
+    scale = torch.full_like(means, 0.5)
+    scale[: n // 2] = 2.0  # a per-input scale, not one number
+    y = torch.arange(n + n_valid) % K
+    split = split_labelled(means, y, 20, validation_num=n_valid, seed=0, scale=scale)
+    assert torch.equal(split.sup_scale, scale[split.sup_index])
+    assert torch.equal(split.unsup_scale, scale[split.unsup_index])
+    cfg = SSTrainConfig(epochs=2, batch_size=10, seed=0, schedule=schedule)
+
+    def train() -> list[torch.Tensor]:
+        m = SSVAE(
+            SHAPE, z_dim=3, hidden=(8,), seed=0, likelihood=GaussianLearnedVariance(link="identity")
+        )
+        seen = []
+        model_fn = m.model
+
+        def recording(xs, ys=None, *args, **kwargs):
+            seen.append(xs.detach().clone())
+            return model_fn(xs, ys, *args, **kwargs)
+
+        m.model = recording  # what every ELBO of fit_ssvae scores
+        fit_ssvae(m, split, cfg, progress=False)
+        return seen
+
+    seen = train()
+    eps = torch.cat([x.flatten() for x in seen]) - 0.25
+    # the draws: scale 2 for a half of the inputs, 0.5 for the other; no input is a stored mean
+    assert not bool((eps == 0).any())
+    big = eps.abs() > 1.5
+    assert 0.2 < float(big.float().mean()) < 0.45  # P(|2 eps| > 1.5) = 0.45, P(|eps/2| > 1.5) ≈ 0
+    assert abs(float(eps.mean())) < 0.1
+    small = eps[eps.abs() < 0.75]
+    assert 0.3 < float(small.std()) < 0.5
+    again = train()
+    assert len(again) == len(seen) and all(torch.equal(a, b) for a, b in zip(again, seen))
+    # a model whose likelihood scores only [0, 1] is not given draws that can leave it
+    with pytest.raises(DataError, match="fresh draws"):
+        fit_ssvae(
+            tiny_model(),
+            split_labelled(torch.full_like(means, 0.5), y, 20, validation_num=n_valid, scale=scale),
+            cfg,
+            progress=False,
+        )
+    with pytest.raises(DataError, match="scale"):
+        split_labelled(means, y, 20, validation_num=n_valid, scale=scale[:-1])
+    with pytest.raises(DataError, match="positive"):
+        split_labelled(means, y, 20, validation_num=n_valid, scale=scale - 1.0)
+    with pytest.raises(DataError, match="both sets"):
+        fit_ssvae(tiny_model(), SemiSupervisedSplit(**{**split.__dict__, "unsup_scale": None}))
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
 def test_same_seed_same_run_other_seed_other_run(schedule: str) -> None:
     m1, h1 = _train(0, schedule=schedule)
     m2, h2 = _train(0, schedule=schedule)
@@ -439,6 +496,16 @@ def test_script_on_a_tiny_budget(tmp_path: Path, mnist, monkeypatch) -> None:
     script.main([*base[2:], "--epochs", "1", *stacked, "--out", str(m1m2)])
     assert not (m1m2 / "m1-e1-s0-n300-v100" / "checkpoint.pt").exists()
     assert json.loads((m1m2 / "sup20-s0" / "result.json").read_text()) == r3
+    # M2 on fresh draws z1 ~ q(z1 | x) of M1's codes: recorded, and a recipe of its own
+    draws_run = ["--m1-inputs", "sample", "--seed", "1", "--out", str(m1m2)]
+    script.main([*base[2:], "--epochs", "1", *stacked, *draws_run])
+    r4 = json.loads((m1m2 / "sup20-s1" / "result.json").read_text())
+    assert r4["settings"]["m1_inputs"] == "sample" and "fresh draw" in r4["likelihood"]
+    assert "m1_inputs" not in r3["settings"], "runs on the means keep their settings"
+    assert (
+        "| 20 (subset) | 1 | pyro | M1 e1 (50 units, draws) | 46 | 1 |"
+        in (m1m2 / "table.md").read_text()
+    )
     # the table's mean over draws of the labels: the same recipe on other seeds, by hand
     draws = [
         {
