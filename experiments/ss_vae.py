@@ -59,9 +59,8 @@ from ppl_vae import (
     load_dataset,
     load_model,
 )
-from ppl_vae.latent import encode_dataset
+from ppl_vae.latent import encode_dataset, posterior_moments
 from ppl_vae.likelihoods import GaussianLearnedVariance
-from ppl_vae.metrics import eval_mode, map_batches
 from ppl_vae.semisupervised import (
     M1_CONFIG,
     PYRO_EXAMPLE,
@@ -233,9 +232,8 @@ def m1_codes(
             "test_elbo_per_epoch": history.test_elbo,
             "train_seconds": sum(history.seconds),
         }
-    codes = {"train": encode_dataset(vae, train_x), "test": encode_dataset(vae, test_x)}
-    with eval_mode(vae):
-        codes["train_scale"] = torch.cat(map_batches(lambda b: vae.posterior(b).stddev, train_x))
+    train_loc, train_scale = posterior_moments(vae, train_x)
+    codes = {"train": train_loc, "train_scale": train_scale, "test": encode_dataset(vae, test_x)}
     active = active_units(codes["train"][: fit_x.shape[0]], args.m1_active_threshold)
     info["active_units"] = int(active.sum())
     info["active_threshold"] = args.m1_active_threshold

@@ -28,12 +28,17 @@ __all__ = [
     "LatentDensity",
     "PriorDensity",
     "encode_dataset",
+    "posterior_moments",
     "sample_images",
 ]
 
 
 class _Encodes(Protocol):
     def encode(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class _HasPosterior(Protocol):
+    def posterior(self, x: torch.Tensor) -> torch.distributions.Distribution: ...
 
 
 class _Decodes(Protocol):
@@ -242,6 +247,22 @@ def encode_dataset(model: _Encodes, x: torch.Tensor, batch_size: int = 1000) -> 
     codes."""
     with eval_mode(model):
         return torch.cat(map_batches(model.encode, x, batch_size=batch_size))
+
+
+def posterior_moments(
+    model: _HasPosterior, x: torch.Tensor, batch_size: int = 1000
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q(z | x)'s mean and standard deviation over ``x`` in batches, in eval mode, without
+    gradients: two ``(N, latent_dim)`` tensors. What the stacked M1+M2 needs to train M2 on
+    fresh draws z ~ q(z | x) (:class:`ppl_vae.semisupervised.SemiSupervisedSplit`)."""
+
+    def moments(b: torch.Tensor) -> torch.Tensor:
+        q = model.posterior(b)
+        return torch.stack([q.mean, q.stddev])
+
+    with eval_mode(model):
+        loc, scale = torch.cat(map_batches(moments, x, batch_size=batch_size), dim=1)
+    return loc, scale
 
 
 @torch.no_grad()

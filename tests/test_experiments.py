@@ -83,6 +83,7 @@ PUBLIC_API: dict[str, set[str] | None] = {
         "GMMDensity",
         "PriorDensity",
         "encode_dataset",
+        "posterior_moments",
         "sample_images",
     },
     "ppl_vae.pca": {"PCA", "principal_angles", "linear_autoencoder", "decoder_basis"},

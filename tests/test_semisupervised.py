@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from ppl_vae import ModelConfig, build_model
 from ppl_vae.errors import CheckpointError, DataError
-from ppl_vae.latent import encode_dataset
+from ppl_vae.latent import encode_dataset, posterior_moments
 from ppl_vae.likelihoods import GaussianLearnedVariance
 from ppl_vae.semisupervised import (
     PYRO_PUBLISHED,
@@ -146,6 +146,14 @@ def test_m1_codes_are_the_posterior_means_on_the_active_units() -> None:
     vae.eval()
     with torch.no_grad():
         torch.testing.assert_close(got, vae.encode(x))
+        q = vae.posterior(x)
+        want_loc, want_scale = q.base_dist.loc, q.base_dist.scale
+    vae.train()
+    loc, scale = posterior_moments(vae, x, batch_size=3)  # what --m1-inputs sample draws from
+    assert vae.training, "the caller's mode is restored"
+    torch.testing.assert_close(loc, got)
+    torch.testing.assert_close(loc, want_loc)
+    torch.testing.assert_close(scale, want_scale)
     codes = torch.stack([torch.zeros(50), torch.linspace(-1, 1, 50), 0.05 * torch.randn(50)], 1)
     assert active_units(codes).tolist() == [False, True, False]
     assert active_units(codes, threshold=0.0).tolist() == [False, True, True]
