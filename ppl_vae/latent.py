@@ -252,9 +252,12 @@ def encode_dataset(model: _Encodes, x: torch.Tensor, batch_size: int = 1000) -> 
 def posterior_moments(
     model: _HasPosterior, x: torch.Tensor, batch_size: int = 1000
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """q(z | x)'s mean and standard deviation over ``x`` in batches, in eval mode, without
-    gradients: two ``(N, latent_dim)`` tensors. What the stacked M1+M2 needs to train M2 on
-    fresh draws z ~ q(z | x) (:class:`ppl_vae.semisupervised.SemiSupervisedSplit`)."""
+    """q(z | x)'s mean and per-unit standard deviation over ``x`` in batches, in eval mode,
+    without gradients: two ``(N, latent_dim)`` tensors. What the stacked M1+M2 needs to train M2
+    on fresh draws z ~ q(z | x) (:class:`ppl_vae.semisupervised.SemiSupervisedSplit`), which
+    treats q as a diagonal Normal (the library's ``NormalGuide``); a q without a closed-form
+    mean (an IAF guide) raises, and for a full-covariance q only the marginal deviations
+    come back."""
 
     def moments(b: torch.Tensor) -> torch.Tensor:
         q = model.posterior(b)

@@ -525,7 +525,7 @@ def split_labelled(
             )
         if not bool(torch.isfinite(scale).all() and (scale > 0).all()):
             raise DataError("scale must hold positive finite standard deviations")
-        scale = scale.to(x.device)
+        scale = scale.to(x.device, x.dtype)
     per_class = sup_num // num_classes
     g = torch.Generator().manual_seed(int(seed))
     train_y = y[:n_train].cpu()
@@ -762,16 +762,21 @@ def fit_ssvae(
     if test is not None:
         model.check_data(test[0], "test images")
         model.check_labels(test[1], test[0].shape[0], "test labels")
+    if (split.sup_scale is None) != (split.unsup_scale is None):
+        raise DataError(
+            "sup_scale and unsup_scale must both be given or both be None; got "
+            f"{_describe(split.sup_scale)} and {_describe(split.unsup_scale)}"
+        )
     for what, x, scale in (
         ("labelled", split.sup_x, split.sup_scale),
         ("unlabelled", split.unsup_x, split.unsup_scale),
     ):
-        if (scale is None) != (split.sup_scale is None) or (
-            scale is not None and scale.shape != x.shape
+        if scale is not None and (
+            scale.shape != x.shape or scale.dtype != x.dtype or scale.device != x.device
         ):
             raise DataError(
-                f"the {what} inputs' scale must be given for both sets, in the inputs' shape "
-                f"{tuple(x.shape)}; got {_describe(scale)}"
+                f"the scale of the {what} inputs must match them ({x.dtype} tensor of shape "
+                f"{tuple(x.shape)} on {x.device}); got {_describe(scale)} on {scale.device}"
             )
     if split.sup_scale is not None and model.likelihood.data_support is not constraints.real:
         raise DataError(
@@ -823,6 +828,8 @@ def fit_ssvae(
         optim.set_state(ckpt["optim_state"])
         history, start = SSHistory.from_dict(ckpt["history"]), int(ckpt["epoch"])
         torch.set_rng_state(ckpt["torch_rng_state"].cpu())
+        if device.type == "cuda" and ckpt.get("cuda_rng_state") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng_state"].cpu(), device)
     else:
         pyro.set_rng_seed(config.seed)
 
@@ -927,6 +934,10 @@ def fit_ssvae(
                     "epoch": epoch + 1,
                     "config": {"train": asdict(config)},
                     "torch_rng_state": torch.get_rng_state(),
+                    # on a GPU the draws of z (and of the inputs) come from CUDA's stream
+                    "cuda_rng_state": (
+                        torch.cuda.get_rng_state(device).cpu() if device.type == "cuda" else None
+                    ),
                 },
             )
     return history

@@ -151,7 +151,7 @@ def test_m1_codes_are_the_posterior_means_on_the_active_units() -> None:
     vae.train()
     loc, scale = posterior_moments(vae, x, batch_size=3)  # what --m1-inputs sample draws from
     assert vae.training, "the caller's mode is restored"
-    torch.testing.assert_close(loc, got)
+    assert torch.equal(loc, got), "M1+M2 on the means reads the same codes as before"
     torch.testing.assert_close(loc, want_loc)
     torch.testing.assert_close(scale, want_scale)
     codes = torch.stack([torch.zeros(50), torch.linspace(-1, 1, 50), 0.05 * torch.randn(50)], 1)
@@ -367,28 +367,35 @@ def _train(seed: int, epochs: int = 2, schedule: str = "joint", **kw) -> tuple[S
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_a_split_with_scales_trains_on_fresh_draws_around_the_means(schedule: str) -> None:
-    """Kingma et al.'s M1+M2 input: every batch a new x + scale * eps (eps ~ N(0, 1)) for the
-    labelled and the unlabelled inputs alike; the same seed
-    gives the same draws."""
+    """Kingma et al.'s M1+M2 input: every batch a new x_i + scale_i * eps (eps ~ N(0, 1)) for
+    the labelled and the unlabelled inputs alike, each input with its own scale; the same seed
+    gives the same draws.
+
+    Input i's mean is 0.01 * i in every pixel and its scale 1e-3 (odd i) or 1e-5 (even i), so
+    each recorded row says which input it was drawn around and how far it strayed."""
     n, n_valid = 120, 30
-    means = torch.full((n + n_valid, *SHAPE), 0.25)
-    scale = torch.full_like(means, 0.5)
-    scale[: n // 2] = 2.0  # a per-input scale, not one number
-    y = torch.arange(n + n_valid) % K
+    index = torch.arange(n + n_valid)
+    means = (0.01 * index.double()).reshape(-1, 1, 1, 1).expand(-1, *SHAPE).float().contiguous()
+    per_input = torch.where(index % 2 == 1, 1e-3, 1e-5)
+    scale = per_input.reshape(-1, 1, 1, 1).expand(-1, *SHAPE).contiguous()
+    y = index % K
     split = split_labelled(means, y, 20, validation_num=n_valid, seed=0, scale=scale)
     assert torch.equal(split.sup_scale, scale[split.sup_index])
     assert torch.equal(split.unsup_scale, scale[split.unsup_index])
     cfg = SSTrainConfig(epochs=2, batch_size=10, seed=0, schedule=schedule)
 
-    def train() -> list[torch.Tensor]:
-        m = SSVAE(
+    def real_valued() -> SSVAE:
+        return SSVAE(
             SHAPE, z_dim=3, hidden=(8,), seed=0, likelihood=GaussianLearnedVariance(link="identity")
         )
+
+    def train() -> list[tuple[torch.Tensor, bool]]:
+        m = real_valued()
         seen = []
         model_fn = m.model
 
         def recording(xs, ys=None, *args, **kwargs):
-            seen.append(xs.detach().clone())
+            seen.append((xs.detach().clone(), ys is not None))
             return model_fn(xs, ys, *args, **kwargs)
 
         m.model = recording  # what every ELBO of fit_ssvae scores
@@ -396,16 +403,29 @@ def test_a_split_with_scales_trains_on_fresh_draws_around_the_means(schedule: st
         return seen
 
     seen = train()
-    eps = torch.cat([x.flatten() for x in seen]) - 0.25
-    # the draws: scale 2 for a half of the inputs, 0.5 for the other; no input is a stored mean
-    assert not bool((eps == 0).any())
-    big = eps.abs() > 1.5
-    assert 0.2 < float(big.float().mean()) < 0.45  # P(|2 eps| > 1.5) = 0.45, P(|eps/2| > 1.5) ≈ 0
-    assert abs(float(eps.mean())) < 0.1
-    small = eps[eps.abs() < 0.75]
-    assert 0.3 < float(small.std()) < 0.5
+    rows = torch.cat([xs.flatten(1) for xs, _ in seen])
+    labelled = torch.cat([torch.full((len(xs),), sup) for xs, sup in seen])
+    which = (rows.double().mean(1) / 0.01).round().long()  # the input each row was drawn around
+    assert set(which[labelled].tolist()) == set(split.sup_index.tolist())
+    assert set(which[~labelled].tolist()) == set(split.unsup_index.tolist())
+    dev = rows.double() - 0.01 * which.double()[:, None]
+    wide = which % 2 == 1
+    # each row strayed by its own input's scale: a scale taken from another input, or from
+    # the other set, would put 1e-3 deviations among the 1e-5 ones (or the reverse)
+    assert 0.9e-3 < float(dev[wide].std()) < 1.1e-3
+    assert 0.8e-5 < float(dev[~wide].std()) < 1.2e-5
+    assert float(dev[~wide].abs().max()) < 1e-4
+    # fresh draws: the same input seen again (the next epoch, or the next pass over the labels)
+    # is another point
+    assert bool((torch.bincount(which, minlength=n)[:n] >= 2).all()), "two epochs: twice each"
+    for i in which.unique():
+        got = rows[which == i]
+        for a in range(len(got)):
+            for b in range(a + 1, len(got)):
+                assert not torch.equal(got[a], got[b]), int(i)
     again = train()
-    assert len(again) == len(seen) and all(torch.equal(a, b) for a, b in zip(again, seen))
+    assert len(again) == len(seen)
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(again, seen))
     # a model whose likelihood scores only [0, 1] is not given draws that can leave it
     with pytest.raises(DataError, match="fresh draws"):
         fit_ssvae(
@@ -418,8 +438,15 @@ def test_a_split_with_scales_trains_on_fresh_draws_around_the_means(schedule: st
         split_labelled(means, y, 20, validation_num=n_valid, scale=scale[:-1])
     with pytest.raises(DataError, match="positive"):
         split_labelled(means, y, 20, validation_num=n_valid, scale=scale - 1.0)
-    with pytest.raises(DataError, match="both sets"):
-        fit_ssvae(tiny_model(), SemiSupervisedSplit(**{**split.__dict__, "unsup_scale": None}))
+    with pytest.raises(DataError, match="both be given or both be None"):
+        fit_ssvae(real_valued(), SemiSupervisedSplit(**{**split.__dict__, "unsup_scale": None}))
+    with pytest.raises(DataError, match="must match them"):
+        bad = SemiSupervisedSplit(**{**split.__dict__, "sup_scale": split.sup_scale.double()})
+        fit_ssvae(real_valued(), bad)
+    assert (
+        split_labelled(means, y, 20, validation_num=n_valid, scale=scale.double()).sup_scale.dtype
+        == torch.float32
+    )
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)

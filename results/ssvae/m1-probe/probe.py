@@ -8,6 +8,9 @@ classifiers on the posterior means of its active units: logistic regression and 
     python results/ssvae/m1-probe/probe.py grey 20 OUT       # OUT.json, OUT.pt
     python results/ssvae/m1-probe/probe.py bin 20 OUT
     python results/ssvae/m1-probe/probe.py load results/ssvae/m1m2/m1-e100-s0/checkpoint.pt OUT
+    python results/ssvae/m1-probe/probe.py grey 20 OUT '{"hidden": [200, 200], "activation":
+        "tanh"}'                       # a 4th argument: JSON of ModelConfig / TrainConfig changes
+    python results/ssvae/m1-probe/probe.py grey 10 OUT '{"objective": "iwae", "num_particles": 5}'
 """
 
 import json
@@ -24,18 +27,25 @@ from ppl_vae.latent import encode_dataset
 from ppl_vae.semisupervised import M1_CONFIG, active_units, split_labelled
 
 mode, arg, out = sys.argv[1:4]
+changes = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+train_keys = {"objective", "num_particles"}
+model_changes = {k: v for k, v in changes.items() if k not in train_keys}
+train_changes = {k: v for k, v in changes.items() if k in train_keys}
 torch.set_num_threads(1)
 data = load_dataset("mnist")
 t0 = time.time()
-res = {"mode": mode}
+res = {"mode": mode, "changes": changes}
 if mode == "load":
     vae = load_model(arg)
     res["checkpoint"] = arg
 else:
-    vae = build_model(ModelConfig(**M1_CONFIG), tuple(data.train_x.shape[1:]), seed=0)
+    config = ModelConfig(**{**M1_CONFIG, **model_changes})
+    vae = build_model(config, tuple(data.train_x.shape[1:]), seed=0)
     pyro.clear_param_store()
-    config = TrainConfig(epochs=int(arg), batch_size=100, lr=1e-3, seed=0, binarize=mode == "bin")
-    h = fit(vae, data.train_x[:50000], config, test_x=data.test_x, checkpoint_path=out + ".pt")
+    tc = TrainConfig(
+        epochs=int(arg), batch_size=100, lr=1e-3, seed=0, binarize=mode == "bin", **train_changes
+    )
+    h = fit(vae, data.train_x[:50000], tc, test_x=data.test_x, checkpoint_path=out + ".pt")
     res |= {"epochs": int(arg), "test_elbo": h.test_elbo[-1]}
 train, test = encode_dataset(vae, data.train_x), encode_dataset(vae, data.test_x)
 active = active_units(train[:50000])
