@@ -456,7 +456,8 @@ class SemiSupervisedSplit:
     a Gaussian per image with these standard deviations (M1's q(z1 | x) in the stacked M1+M2):
     :func:`fit_ssvae` then trains on fresh draws ``x + scale * eps`` for every batch, as
     Kingma et al. (2014, §3.2) train M2 on samples z1 ~ q(z1 | x); validation and test
-    accuracy read the means."""
+    accuracy read the means. Scales that do not fit their inputs are refused on construction
+    (:class:`DataError`)."""
 
     sup_x: torch.Tensor
     sup_y: torch.Tensor
@@ -467,6 +468,28 @@ class SemiSupervisedSplit:
     unsup_index: torch.Tensor
     sup_scale: torch.Tensor | None = None
     unsup_scale: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse scales that do not describe the inputs: given for one set only, of another
+        shape, dtype or device than their inputs, or not positive and finite."""
+        if (self.sup_scale is None) != (self.unsup_scale is None):
+            raise DataError(
+                "sup_scale and unsup_scale must both be given or both be None; got "
+                f"{_describe(self.sup_scale)} and {_describe(self.unsup_scale)}"
+            )
+        for what, x, scale in (
+            ("labelled", self.sup_x, self.sup_scale),
+            ("unlabelled", self.unsup_x, self.unsup_scale),
+        ):
+            if scale is None:
+                continue
+            if scale.shape != x.shape or scale.dtype != x.dtype or scale.device != x.device:
+                raise DataError(
+                    f"the scale of the {what} inputs must match them ({x.dtype} tensor of shape "
+                    f"{tuple(x.shape)} on {x.device}); got {_describe(scale)} on {scale.device}"
+                )
+            if not bool(torch.isfinite(scale).all() and (scale > 0).all()):
+                raise DataError("scale must hold positive finite standard deviations")
 
     @property
     def num_train(self) -> int:
@@ -518,13 +541,12 @@ def split_labelled(
             f"({n} minus {validation_num} for validation)"
         )
     if scale is not None:
+        # one scale per input value: checked here, before it is split like the inputs
         if not isinstance(scale, torch.Tensor) or scale.shape != x.shape:
             raise DataError(
                 f"scale must be a tensor of the inputs' shape {tuple(x.shape)}, got "
                 f"{_describe(scale)}"
             )
-        if not bool(torch.isfinite(scale).all() and (scale > 0).all()):
-            raise DataError("scale must hold positive finite standard deviations")
         scale = scale.to(x.device, x.dtype)
     per_class = sup_num // num_classes
     g = torch.Generator().manual_seed(int(seed))
@@ -749,8 +771,8 @@ def fit_ssvae(
     with scales trains on fresh draws of its inputs (:class:`SemiSupervisedSplit`).
 
     Raises :class:`DataError` for inputs the likelihood cannot score, of the wrong shape,
-    labels out of range or scales that do not fit, and :class:`TrainingDivergedError` if a loss
-    stops being finite.
+    labels out of range or fresh draws the likelihood cannot score, and
+    :class:`TrainingDivergedError` if a loss stops being finite.
     """
     config = config or SSTrainConfig()
     config.validate()
@@ -762,22 +784,6 @@ def fit_ssvae(
     if test is not None:
         model.check_data(test[0], "test images")
         model.check_labels(test[1], test[0].shape[0], "test labels")
-    if (split.sup_scale is None) != (split.unsup_scale is None):
-        raise DataError(
-            "sup_scale and unsup_scale must both be given or both be None; got "
-            f"{_describe(split.sup_scale)} and {_describe(split.unsup_scale)}"
-        )
-    for what, x, scale in (
-        ("labelled", split.sup_x, split.sup_scale),
-        ("unlabelled", split.unsup_x, split.unsup_scale),
-    ):
-        if scale is not None and (
-            scale.shape != x.shape or scale.dtype != x.dtype or scale.device != x.device
-        ):
-            raise DataError(
-                f"the scale of the {what} inputs must match them ({x.dtype} tensor of shape "
-                f"{tuple(x.shape)} on {x.device}); got {_describe(scale)} on {scale.device}"
-            )
     if split.sup_scale is not None and model.likelihood.data_support is not constraints.real:
         raise DataError(
             f"the split asks for fresh draws x + scale * eps, which can leave the support of the "
