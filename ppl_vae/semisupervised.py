@@ -55,6 +55,7 @@ two objectives; the model and guide are ordinary Pyro programs and score with Py
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import time
@@ -724,6 +725,67 @@ def _restore(
     return ckpt
 
 
+#: Training settings a resumed run may change: how long it runs and how it evaluates.
+_RESUMABLE_CHANGES = frozenset({"epochs", "max_seconds", "eval_batch_size"})
+
+
+def _split_summary(split: SemiSupervisedSplit) -> dict[str, Any]:
+    """What identifies the data a :func:`fit_ssvae` run trains on, as its checkpoint records it:
+    the sizes of the three sets, whether it trains on fresh draws (scales present), and a digest
+    of the labelled images and their labels (another draw of the labels changes it)."""
+    digest = hashlib.sha256()
+    for t in (split.sup_x, split.sup_y):
+        digest.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return {
+        "labelled": int(split.sup_x.shape[0]),
+        "unlabelled": int(split.unsup_x.shape[0]),
+        "validation": int(split.valid_x.shape[0]),
+        "input_shape": list(split.sup_x.shape[1:]),
+        "fresh_draws": split.sup_scale is not None,
+        "labelled_digest": digest.hexdigest(),
+    }
+
+
+def _refuse_other_run(
+    ckpt: dict[str, Any],
+    model: SSVAE,
+    split: SemiSupervisedSplit,
+    config: SSTrainConfig,
+    checkpoint_path: str | Path,
+) -> None:
+    """Resuming is continuing the same run: refuse a checkpoint written for another split (other
+    sets, labels or inputs; means against fresh draws) or with other training settings than
+    ``_RESUMABLE_CHANGES`` (α' included, which the networks' shapes do not show), instead of
+    silently mixing two runs. Checkpoints written before the split was recorded are checked on
+    their training settings only."""
+    saved = ckpt.get("split")
+    if saved is not None:
+        now = _split_summary(split)
+        diff = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+        if diff:
+            details = "; ".join(f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in diff)
+            raise CheckpointError(
+                f"{checkpoint_path} was trained on another split ({details}); resume it with "
+                "the split it was trained on, or start a new run"
+            )
+    before = dict(ckpt.get("config", {}).get("train", {}))
+    now_cfg = asdict(config)
+    if "aux_loss_multiplier" in ckpt.get("config", {}).get("model", {}):
+        before["aux_loss_multiplier"] = ckpt["config"]["model"]["aux_loss_multiplier"]
+        now_cfg["aux_loss_multiplier"] = model.aux_loss_multiplier
+    changed = [
+        k
+        for k in sorted(now_cfg)
+        if k in before and k not in _RESUMABLE_CHANGES and before[k] != now_cfg[k]
+    ]
+    if changed:
+        details = "; ".join(f"{k}: {before.get(k)!r} then, {now_cfg[k]!r} now" for k in changed)
+        raise CheckpointError(
+            f"{checkpoint_path} was trained with other settings ({details}); only "
+            f"{sorted(_RESUMABLE_CHANGES)} may change on resume"
+        )
+
+
 def _joint_step(
     model: SSVAE,
     elbos: tuple[TraceEnum_ELBO, Trace_ELBO],
@@ -771,8 +833,9 @@ def fit_ssvae(
     with scales trains on fresh draws of its inputs (:class:`SemiSupervisedSplit`).
 
     Raises :class:`DataError` for inputs the likelihood cannot score, of the wrong shape,
-    labels out of range or fresh draws the likelihood cannot score, and
-    :class:`TrainingDivergedError` if a loss stops being finite.
+    labels out of range or fresh draws the likelihood cannot score,
+    :class:`CheckpointError` for a resume from a checkpoint of another split or other settings
+    (``_refuse_other_run``), and :class:`TrainingDivergedError` if a loss stops being finite.
     """
     config = config or SSTrainConfig()
     config.validate()
@@ -831,6 +894,7 @@ def fit_ssvae(
                 f"resume requested but there is no checkpoint at {checkpoint_path}"
             )
         ckpt = _restore(checkpoint_path, model, map_location=device)
+        _refuse_other_run(ckpt, model, split, config, checkpoint_path)
         optim.set_state(ckpt["optim_state"])
         history, start = SSHistory.from_dict(ckpt["history"]), int(ckpt["epoch"])
         torch.set_rng_state(ckpt["torch_rng_state"].cpu())
@@ -938,7 +1002,11 @@ def fit_ssvae(
                     "optim_state": optim.get_state(),
                     "history": history.to_dict(),
                     "epoch": epoch + 1,
-                    "config": {"train": asdict(config)},
+                    "config": {
+                        "train": asdict(config),
+                        "model": {"aux_loss_multiplier": model.aux_loss_multiplier},
+                    },
+                    "split": _split_summary(split),
                     "torch_rng_state": torch.get_rng_state(),
                     # on a GPU the draws of z (and of the inputs) come from CUDA's stream
                     "cuda_rng_state": (

@@ -13,6 +13,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pyro
@@ -33,6 +34,7 @@ from ppl_vae.semisupervised import (
     SCHEDULES,
     SSVAE,
     SemiSupervisedSplit,
+    SSHistory,
     SSTrainConfig,
     _joint_step,
     accuracy,
@@ -478,6 +480,56 @@ def test_resume_continues_exactly(tmp_path: Path, schedule: str) -> None:
         assert torch.equal(a, b), k
     with pytest.raises(CheckpointError, match="does not fit"):
         load_trained(ckpt, SSVAE(SHAPE, z_dim=4, hidden=(8,)))
+
+
+def test_resume_refuses_another_split_or_other_settings(tmp_path: Path) -> None:
+    """Resuming continues the same run: a checkpoint of another draw of the labels, of means
+    against fresh draws, or of other settings (α' included) is refused, not silently mixed in;
+    more epochs and another time budget are allowed."""
+    ckpt = tmp_path / "ck.pt"
+    cfg = SSTrainConfig(epochs=1, batch_size=10, lr=1e-2, seed=0, schedule="joint")
+    split = tiny_split()
+    fit_ssvae(tiny_model(), split, cfg, checkpoint_path=ckpt, progress=False)
+
+    def resume(model: SSVAE, s: SemiSupervisedSplit, c: SSTrainConfig) -> SSHistory:
+        return fit_ssvae(model, s, c, checkpoint_path=ckpt, resume=True, progress=False)
+
+    x, y = images(150), torch.arange(150) % K
+    other_labels = split_labelled(x, y, 20, validation_num=30, seed=1)
+    with pytest.raises(CheckpointError, match=r"another split.*labelled_digest"):
+        resume(tiny_model(), other_labels, replace(cfg, epochs=2))
+    fewer = split_labelled(x, y, 10, validation_num=30, seed=0)
+    with pytest.raises(CheckpointError, match="labelled: 20 then, 10 now"):
+        resume(tiny_model(), fewer, replace(cfg, epochs=2))
+    with pytest.raises(CheckpointError, match=r"other settings.*lr: 0\.01 then, 0\.001 now"):
+        resume(tiny_model(), split, replace(cfg, epochs=2, lr=1e-3))
+    alpha = SSVAE(SHAPE, z_dim=3, hidden=(8,), init_std=0.3, aux_loss_multiplier=4.6)
+    with pytest.raises(CheckpointError, match=r"aux_loss_multiplier: 46\.0 then, 4\.6 now"):
+        resume(alpha, split, replace(cfg, epochs=2))
+    h = resume(tiny_model(), split, replace(cfg, epochs=2, max_seconds=1e6, eval_batch_size=7))
+    assert h.epoch == [1, 2]
+
+    # means, then fresh draws around them: another kind of input
+    gauss = GaussianLearnedVariance(link="identity")
+    means = split_labelled(x, y, 20, validation_num=30, seed=0)
+    draws = split_labelled(x, y, 20, validation_num=30, seed=0, scale=torch.full_like(x, 0.1))
+    real = tmp_path / "real.pt"
+    fit_ssvae(
+        SSVAE(SHAPE, z_dim=3, hidden=(8,), likelihood=gauss),
+        means,
+        cfg,
+        checkpoint_path=real,
+        progress=False,
+    )
+    with pytest.raises(CheckpointError, match="fresh_draws: False then, True now"):
+        fit_ssvae(
+            SSVAE(SHAPE, z_dim=3, hidden=(8,), likelihood=GaussianLearnedVariance(link="identity")),
+            draws,
+            replace(cfg, epochs=2),
+            checkpoint_path=real,
+            resume=True,
+            progress=False,
+        )
 
 
 # ------------------------------------------------------------------------------ the script
