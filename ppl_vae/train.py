@@ -232,6 +232,7 @@ def fit(
     info = _prepare(prog, args, kwargs, n, config.seed, ckpt=ckpt, restart=restart)
     distributed.broadcast_(_state_tensors(prog, info))  # one set of initial values for all ranks
     elbo = _make_objective(loss, prog, device, info, config, n)
+    optim_given = optim is not None
     optim = make_optim(optim, config.lr, config.multi_tensor_adam)
     model = prog.model
     if isinstance(elbo, TraceEnum_ELBO) and info.model_only:
@@ -244,6 +245,7 @@ def fit(
         saved_history, start_epoch, before = restore_progress(ckpt, optim, gen, corruption, device)
         history = History.from_dict(saved_history)
         _warn_if_objective_changed(before, objective_name(elbo), checkpoint_path)
+        _warn_if_settings_changed(ckpt, config, n, custom_optim=optim_given, path=checkpoint_path)
         if world > 1 or ckpt["config"]["train"].get("world_size", 1) > 1:
             # the saved streams were rank 0's: each rank starts its own, from seed and epoch
             pyro.set_rng_seed(_stream_seed(config.seed, start_epoch, rank))
@@ -304,6 +306,9 @@ def fit(
                 **asdict(config),
                 "resolved_objective": objective_name(elbo),
                 "world_size": world,
+                "num_data": n,
+                # a user's optimiser carries its own learning rate; config.lr was not used
+                **({"lr": None} if optim_given else {}),
             }
             save_training_state(
                 checkpoint_path,
@@ -430,6 +435,51 @@ def _warn_if_objective_changed(
         warnings.warn(
             f"{checkpoint_path} was trained with objective {before!r}; continuing with "
             f"{objective!r} (pass objective={before!r} to continue exactly)",
+            stacklevel=3,
+        )
+
+
+#: Settings that change what a resumed run computes (the data size too): a resume that changes
+#: them continues, but it is no longer the run the checkpoint started, so fit says so.
+_RUN_DEFINING = (
+    "seed",
+    "batch_size",
+    "lr",
+    "num_particles",
+    "beta",
+    "warmup_epochs",
+    "binarize",
+    "dequantize",
+    "precision",
+)
+
+
+def _warn_if_settings_changed(
+    ckpt: dict[str, Any],
+    config: TrainConfig,
+    n: int,
+    *,
+    custom_optim: bool,
+    path: str | Path | None,
+) -> None:
+    """Resuming with other data or other optimisation settings is allowed (fine-tuning on more
+    data, a smaller step) but is a different run from the one the checkpoint started: name what
+    changed instead of continuing silently. ``lr`` is compared only between runs of the default
+    optimiser (a user's optimiser carries its own, and the checkpoint then stores ``lr=None``);
+    settings a checkpoint predates are not compared."""
+    saved = ckpt.get("config", {}).get("train", {})
+    now = {**asdict(config), "num_data": n}
+    keys = [k for k in (*_RUN_DEFINING, "num_data") if not (k == "lr" and custom_optim)]
+    changed = [
+        f"{k}={saved[k]!r} -> {now[k]!r}"
+        for k in keys
+        if saved.get(k) is not None and saved[k] != now[k]  # None: a user's optimiser's lr
+    ]
+    if changed:
+        warnings.warn(
+            f"{path} was trained with other settings ({', '.join(changed)}); continuing with "
+            "the new ones: the result is not the run the checkpoint started (pass the same "
+            "settings and data to continue exactly)",
             stacklevel=3,
         )
 

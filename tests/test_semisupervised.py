@@ -338,9 +338,11 @@ def test_joint_step_is_one_step_on_the_sum_of_the_three_losses() -> None:
     assert parts[2] > 0 and any(g.abs().sum() > 0 for g in grads)
 
 
-def test_joint_schedule_uses_every_labelled_image_evenly() -> None:
-    """Every step sees a labelled batch; over an epoch the labelled images are cycled through
-    whole shuffled passes, so each is used the same number of times (±1)."""
+@pytest.mark.parametrize("sup_batch", [None, 3])
+def test_joint_schedule_uses_every_labelled_image_evenly(sup_batch: int | None) -> None:
+    """Every step sees a labelled batch (``sup_batch_size`` images, default the unlabelled
+    batch's size); over an epoch the labelled images are cycled through whole shuffled passes,
+    so each is used the same number of times (±1)."""
     s = tiny_split(n_train=220, sup_num=20)
     seen: list[torch.Tensor] = []
     m = tiny_model()
@@ -352,12 +354,25 @@ def test_joint_schedule_uses_every_labelled_image_evenly() -> None:
         return original(xs, ys, num_data)
 
     m.model_classify = spy
-    cfg = SSTrainConfig(epochs=1, batch_size=8, seed=0, schedule="joint")
+    cfg = SSTrainConfig(epochs=1, batch_size=8, seed=0, schedule="joint", sup_batch_size=sup_batch)
     fit_ssvae(m, s, cfg, progress=False)
-    steps = math.ceil(s.unsup_x.shape[0] / 8)
-    assert len(seen) == steps and all(b.shape[0] == 8 for b in seen)
+    steps, per_step = math.ceil(s.unsup_x.shape[0] / 8), sup_batch or 8
+    assert len(seen) == steps and all(b.shape[0] == per_step for b in seen)
     uses = torch.stack([(torch.cat(seen) == x).flatten(1).all(1).sum() for x in s.sup_x])
-    assert int(uses.max() - uses.min()) <= 1 and int(uses.sum()) == steps * 8
+    assert int(uses.max() - uses.min()) <= 1 and int(uses.sum()) == steps * per_step
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"sup_batch_size": 0}, "positive"),
+        ({"sup_batch_size": 2.5}, "integer"),
+        ({"sup_batch_size": 4, "schedule": "pyro"}, "'joint' schedule only"),
+    ],
+)
+def test_sup_batch_size_is_checked(changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SSTrainConfig(**{"schedule": "joint", **changes}).validate()
 
 
 # ------------------------------------------------------------------------------ reproducibility
@@ -551,7 +566,7 @@ def test_script_on_a_tiny_budget(tmp_path: Path, mnist, monkeypatch) -> None:
     table = (out / "table.md").read_text()
     assert (
         f"{PYRO_PUBLISHED[100][0]:.4f}" in table
-        and "| 20 (subset) | 0 | pyro | pixels | 46 | 1 |" in table
+        and "| 20 (subset) | 0 | pyro (hidden 32, z 4) | pixels | 46 | 1 |" in table
     )
     # a longer budget continues the run from its checkpoint; the finished result is kept
     # (in this process: the second import of torch, Pyro and ppl_vae would double the time)
@@ -574,7 +589,8 @@ def test_script_on_a_tiny_budget(tmp_path: Path, mnist, monkeypatch) -> None:
     assert r3["m1"]["images"] == 200 and r3["m1"]["active_units"] == 50
     assert "Gaussian" in r3["likelihood"] and 0.0 <= r3["test_accuracy"] <= 1.0
     assert (
-        "| 20 (subset) | 0 | pyro | M1 e1 (50 units) | 46 | 1 |" in (m1m2 / "table.md").read_text()
+        "| 20 (subset) | 0 | pyro (hidden 32, z 4) | M1 e1 (50 units) | 46 | 1 |"
+        in (m1m2 / "table.md").read_text()
     )
     assert (m1m2 / "m1-e1-s0-n300-v100" / "checkpoint.pt").exists()
     # a finished run is only reported: without M1's weights (a fresh clone keeps m1.json and the
@@ -585,14 +601,21 @@ def test_script_on_a_tiny_budget(tmp_path: Path, mnist, monkeypatch) -> None:
     assert json.loads((m1m2 / "sup20-s0" / "result.json").read_text()) == r3
     # M2 on fresh draws z1 ~ q(z1 | x) of M1's codes: recorded, and a recipe of its own
     draws_run = ["--m1-inputs", "sample", "--seed", "1", "--out", str(m1m2)]
+    draws_run += ["--schedule", "joint", "--sup-batch-size", "5"]  # 5 labelled images per step
     script.main([*base[2:], "--epochs", "1", *stacked, *draws_run])
     r4 = json.loads((m1m2 / "sup20-s1" / "result.json").read_text())
     assert r4["settings"]["m1_inputs"] == "sample" and "fresh draw" in r4["likelihood"]
     assert "m1_inputs" not in r3["settings"], "runs on the means keep their settings"
-    assert (
-        "| 20 (subset) | 1 | pyro | M1 e1 (50 units, draws) | 46 | 1 |"
-        in (m1m2 / "table.md").read_text()
+    assert r4["settings"]["sup_batch_size"] == 5 and "sup_batch_size" not in r3["settings"]
+    row = next(
+        line
+        for line in (m1m2 / "table.md").read_text().splitlines()
+        if "| 20 (subset) | 1 |" in line
     )
+    assert row.startswith(
+        "| 20 (subset) | 1 | joint (hidden 32, z 4) | M1 e1 (50 units, draws) | 46 | 1 |"
+    )
+    assert row.split(" | ")[7] == "20/5", row
     # the table's mean over draws of the labels: the same recipe on other seeds, by hand
     draws = [
         {

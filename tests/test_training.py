@@ -331,6 +331,34 @@ def test_resume_with_another_estimator_warns(tmp_path):
             resume=True, progress=False)  # fmt: skip
 
 
+def test_resume_with_other_settings_or_data_warns(tmp_path):
+    """Fine-tuning from a checkpoint with another batch size, learning rate or more data is
+    allowed, but it is not the run the checkpoint started: fit names what changed. The same
+    settings with more epochs say nothing; a user's optimiser carries its own learning rate."""
+    x = _data()
+    path = tmp_path / "ck.pt"
+    fit(_model(), x, _cfg(epochs=1), checkpoint_path=path, progress=False)
+    assert load_checkpoint(path)["config"]["train"]["num_data"] == x.shape[0]
+    bs = _cfg().batch_size
+    with pytest.warns(UserWarning, match=f"batch_size={bs} -> {bs // 2}.*not the run"):
+        fit(_model(), x, _cfg(epochs=2, batch_size=bs // 2), checkpoint_path=path,
+            resume=True, progress=False)  # fmt: skip
+    more = torch.cat([x, _data(seed=1)])
+    with pytest.warns(UserWarning, match=f"num_data={x.shape[0]} -> {more.shape[0]}"):
+        fit(_model(), more, _cfg(epochs=3, batch_size=bs // 2), checkpoint_path=path,
+            resume=True, progress=False)  # fmt: skip
+    with pytest.warns(UserWarning, match=r"lr=0\.01 -> 0\.005"):
+        fit(_model(), more, _cfg(epochs=4, batch_size=bs // 2, lr=5e-3), checkpoint_path=path,
+            resume=True, progress=False)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # same data and settings, a user's own Adam: nothing to say
+        fit(_model(), more, _cfg(epochs=5, batch_size=bs // 2, lr=0.5),
+            optim=pyro.optim.Adam({"lr": 1e-3}), checkpoint_path=path, resume=True,
+            progress=False)  # fmt: skip
+    # the checkpoint then says the learning rate was the user's optimiser's, not config.lr
+    assert load_checkpoint(path)["config"]["train"]["lr"] is None
+
+
 def test_resume_matches_uninterrupted_training(tmp_path):
     x = _data()
     init = {k: v.clone() for k, v in _model().state_dict().items()}
