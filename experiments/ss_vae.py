@@ -465,8 +465,9 @@ def write_table(folder: Path) -> Path:
         "means). *schedule* "
         "`joint`: a labelled batch in every step; `pyro`: Pyro's, a labelled batch every "
         "N / labelled batches; in brackets the network and Adam settings that differ from "
-        "Pyro's. *batch*: unlabelled images per step (`/k`: k labelled images per joint step; "
-        "otherwise all of them, up to the batch size). *test acc* is after the last epoch, "
+        "Pyro's. *batch*: images per step (`joint`: per unlabelled batch, with a labelled batch of "
+        "the same size, or of all the labelled images when fewer, or of k with `/k`). *test acc* "
+        "is after the last epoch, "
         "*at best valid* is at the epoch of best validation accuracy.",
         "",
         "| labelled | seed | schedule | inputs | α' | epochs | train min | batch "

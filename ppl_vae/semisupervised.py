@@ -727,14 +727,23 @@ def _restore(
     checkpoint_path: str | Path, model: SSVAE, map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
     """Read a :func:`fit_ssvae` checkpoint, load its networks into ``model``, return it all."""
+    ckpt = _read(checkpoint_path, map_location)
+    _load_networks(ckpt, model)
+    return ckpt
+
+
+def _read(checkpoint_path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     ckpt = load_checkpoint(checkpoint_path, map_location=map_location)
     if ckpt.get("kind") != "ssvae":
         raise CheckpointError(f"{checkpoint_path} is not a checkpoint of fit_ssvae")
+    return ckpt
+
+
+def _load_networks(ckpt: dict[str, Any], model: SSVAE) -> None:
     try:
         model.load_state_dict(ckpt["model_state"])
     except RuntimeError as e:
         raise CheckpointError(f"the checkpoint does not fit this model: {e}") from e
-    return ckpt
 
 
 #: Training settings a resumed run may change: how long it runs and how it evaluates.
@@ -743,19 +752,32 @@ _RESUMABLE_CHANGES = frozenset({"epochs", "max_seconds", "eval_batch_size"})
 
 def _split_summary(split: SemiSupervisedSplit) -> dict[str, Any]:
     """What identifies the data a :func:`fit_ssvae` run trains on, as its checkpoint records it:
-    the sizes of the three sets, whether it trains on fresh draws (scales present), and a digest
-    of the labelled images and their labels (another draw of the labels changes it)."""
+    the sizes of the three sets, the inputs' shape and dtype, whether it trains on fresh draws
+    (scales present), a digest of which images are labelled and their labels (another draw of
+    the labels changes it), and the mean and standard deviation of the labelled inputs (other
+    features, e.g. pixels against M1's codes, change them; recomputed features that differ in
+    the last bits, on another device or torch version, do not)."""
     digest = hashlib.sha256()
-    for t in (split.sup_x, split.sup_y):
-        digest.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    for t in (split.sup_index, split.sup_y):
+        digest.update(t.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
+    x = split.sup_x.detach().double()
     return {
         "labelled": int(split.sup_x.shape[0]),
         "unlabelled": int(split.unsup_x.shape[0]),
         "validation": int(split.valid_x.shape[0]),
         "input_shape": list(split.sup_x.shape[1:]),
+        "dtype": str(split.sup_x.dtype),
         "fresh_draws": split.sup_scale is not None,
-        "labelled_digest": digest.hexdigest(),
+        "labels_digest": digest.hexdigest(),
+        "labelled_inputs_mean_std": [float(x.mean()), float(x.std())],
     }
+
+
+def _same(key: str, before: Any, now: Any) -> bool:
+    """Equal, or for the labelled inputs' statistics equal to 1e-4 relative (summary above)."""
+    if key == "labelled_inputs_mean_std":
+        return all(math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6) for a, b in zip(before, now))
+    return before == now
 
 
 def _refuse_other_run(
@@ -768,27 +790,25 @@ def _refuse_other_run(
     """Resuming is continuing the same run: refuse a checkpoint written for another split (other
     sets, labels or inputs; means against fresh draws) or with other training settings than
     ``_RESUMABLE_CHANGES`` (α' included, which the networks' shapes do not show), instead of
-    silently mixing two runs. Checkpoints written before the split was recorded are checked on
-    their training settings only."""
+    silently mixing two runs. A setting a checkpoint predates counts as its default then; a
+    split or α' a checkpoint predates is not checked."""
     saved = ckpt.get("split")
     if saved is not None:
         now = _split_summary(split)
-        diff = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+        diff = [k for k in sorted(saved.keys() & now.keys()) if not _same(k, saved[k], now[k])]
         if diff:
-            details = "; ".join(f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in diff)
+            details = "; ".join(f"{k}: {saved[k]!r} then, {now[k]!r} now" for k in diff)
             raise CheckpointError(
                 f"{checkpoint_path} was trained on another split ({details}); resume it with "
                 "the split it was trained on, or start a new run"
             )
-    before = dict(ckpt.get("config", {}).get("train", {}))
+    before = {**asdict(SSTrainConfig()), **ckpt.get("config", {}).get("train", {})}
     now_cfg = asdict(config)
     if "aux_loss_multiplier" in ckpt.get("config", {}).get("model", {}):
         before["aux_loss_multiplier"] = ckpt["config"]["model"]["aux_loss_multiplier"]
         now_cfg["aux_loss_multiplier"] = model.aux_loss_multiplier
     changed = [
-        k
-        for k in sorted(now_cfg)
-        if k in before and k not in _RESUMABLE_CHANGES and before[k] != now_cfg[k]
+        k for k in sorted(now_cfg) if k not in _RESUMABLE_CHANGES and before.get(k) != now_cfg[k]
     ]
     if changed:
         details = "; ".join(f"{k}: {before.get(k)!r} then, {now_cfg[k]!r} now" for k in changed)
@@ -882,6 +902,10 @@ def fit_ssvae(
     if joint:
         # every step: an unlabelled batch and a labelled batch, each scaled to its whole set
         kinds = [False] * unsup_batches
+        if config.sup_batch_size is not None and config.sup_batch_size > n_sup:
+            raise ValueError(
+                f"sup_batch_size={config.sup_batch_size} is more than the {n_sup} labelled images"
+            )
         bs_sup = min(int(config.sup_batch_size or bs), n_sup)
         weight = {True: 1.0, False: 1.0}
     else:
@@ -905,8 +929,9 @@ def fit_ssvae(
             raise CheckpointError(
                 f"resume requested but there is no checkpoint at {checkpoint_path}"
             )
-        ckpt = _restore(checkpoint_path, model, map_location=device)
-        _refuse_other_run(ckpt, model, split, config, checkpoint_path)
+        ckpt = _read(checkpoint_path, map_location=device)
+        _refuse_other_run(ckpt, model, split, config, checkpoint_path)  # before any weight moves
+        _load_networks(ckpt, model)
         optim.set_state(ckpt["optim_state"])
         history, start = SSHistory.from_dict(ckpt["history"]), int(ckpt["epoch"])
         torch.set_rng_state(ckpt["torch_rng_state"].cpu())

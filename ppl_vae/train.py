@@ -244,8 +244,11 @@ def fit(
     if ckpt is not None:
         saved_history, start_epoch, before = restore_progress(ckpt, optim, gen, corruption, device)
         history = History.from_dict(saved_history)
-        _warn_if_objective_changed(before, objective_name(elbo), checkpoint_path)
-        _warn_if_settings_changed(ckpt, config, n, custom_optim=optim_given, path=checkpoint_path)
+        if distributed.is_main():  # one warning, not one per rank
+            _warn_if_objective_changed(before, objective_name(elbo), checkpoint_path)
+            _warn_if_settings_changed(
+                ckpt, config, n, custom_optim=optim_given, path=checkpoint_path
+            )
         if world > 1 or ckpt["config"]["train"].get("world_size", 1) > 1:
             # the saved streams were rank 0's: each rank starts its own, from seed and epoch
             pyro.set_rng_seed(_stream_seed(config.seed, start_epoch, rank))
@@ -464,16 +467,21 @@ def _warn_if_settings_changed(
 ) -> None:
     """Resuming with other data or other optimisation settings is allowed (fine-tuning on more
     data, a smaller step) but is a different run from the one the checkpoint started: name what
-    changed instead of continuing silently. ``lr`` is compared only between runs of the default
-    optimiser (a user's optimiser carries its own, and the checkpoint then stores ``lr=None``);
-    settings a checkpoint predates are not compared."""
+    changed instead of continuing silently. The checkpoint of a run with a user's optimiser
+    stores ``lr=None`` (the optimiser carried its own); ``lr`` is not compared when the resumed
+    run brings its own optimiser, and a switch back to the default Adam is named. Settings a
+    checkpoint predates are not compared."""
     saved = ckpt.get("config", {}).get("train", {})
     now = {**asdict(config), "num_data": n}
+
+    def show(k: str, v: Any) -> str:
+        return "a user's optimiser" if k == "lr" and v is None else repr(v)
+
     keys = [k for k in (*_RUN_DEFINING, "num_data") if not (k == "lr" and custom_optim)]
     changed = [
-        f"{k}={saved[k]!r} -> {now[k]!r}"
+        f"{k}={show(k, saved[k])} -> {show(k, now[k])}"
         for k in keys
-        if saved.get(k) is not None and saved[k] != now[k]  # None: a user's optimiser's lr
+        if k in saved and saved[k] != now[k]
     ]
     if changed:
         warnings.warn(

@@ -26,6 +26,7 @@ from torch.distributions import Normal
 from torch.nn import functional as F
 
 from ppl_vae import ModelConfig, build_model
+from ppl_vae.checkpoint import load_checkpoint, save_checkpoint
 from ppl_vae.errors import CheckpointError, DataError
 from ppl_vae.latent import encode_dataset, posterior_moments
 from ppl_vae.likelihoods import GaussianLearnedVariance
@@ -511,8 +512,16 @@ def test_resume_refuses_another_split_or_other_settings(tmp_path: Path) -> None:
 
     x, y = images(150), torch.arange(150) % K
     other_labels = split_labelled(x, y, 20, validation_num=30, seed=1)
-    with pytest.raises(CheckpointError, match=r"another split.*labelled_digest"):
-        resume(tiny_model(), other_labels, replace(cfg, epochs=2))
+    trained = tiny_model()
+    trained_state = {k: v.clone() for k, v in trained.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"another split \(.*labels_digest: "):
+        resume(trained, other_labels, replace(cfg, epochs=2))
+    for k, v in trained.state_dict().items():  # refused before any weight was overwritten
+        assert torch.equal(v, trained_state[k]), k
+    with pytest.raises(CheckpointError, match=r"another split \(labelled_inputs_mean_std: "):
+        resume(tiny_model(), split_labelled(x * 0.5, y, 20, validation_num=30, seed=0), cfg)
+    with pytest.raises(CheckpointError, match=r"\(dtype: 'torch.float32' then, 'torch.float64'"):
+        resume(tiny_model().double(), split_labelled(x.double(), y, 20, validation_num=30), cfg)
     fewer = split_labelled(x, y, 10, validation_num=30, seed=0)
     with pytest.raises(CheckpointError, match="labelled: 20 then, 10 now"):
         resume(tiny_model(), fewer, replace(cfg, epochs=2))
@@ -521,8 +530,21 @@ def test_resume_refuses_another_split_or_other_settings(tmp_path: Path) -> None:
     alpha = SSVAE(SHAPE, z_dim=3, hidden=(8,), init_std=0.3, aux_loss_multiplier=4.6)
     with pytest.raises(CheckpointError, match=r"aux_loss_multiplier: 46\.0 then, 4\.6 now"):
         resume(alpha, split, replace(cfg, epochs=2))
+    for change in ({"sup_batch_size": 5}, {"schedule": "pyro"}, {"batch_size": 20}):
+        with pytest.raises(CheckpointError, match=rf"other settings \({next(iter(change))}: "):
+            resume(tiny_model(), split, replace(cfg, epochs=2, **change))
     h = resume(tiny_model(), split, replace(cfg, epochs=2, max_seconds=1e6, eval_batch_size=7))
     assert h.epoch == [1, 2]
+    # a checkpoint that predates the split record and sup_batch_size: its settings are checked,
+    # a missing one as its default
+    old = load_checkpoint(ckpt)
+    del old["split"], old["config"]["train"]["sup_batch_size"]
+    save_checkpoint(ckpt, {k: v for k, v in old.items() if k not in ("format", "version")})
+    with pytest.raises(CheckpointError, match=r"\(sup_batch_size: None then, 5 now\)"):
+        resume(tiny_model(), split, replace(cfg, epochs=3, sup_batch_size=5))
+    assert resume(tiny_model(), split, replace(cfg, epochs=3)).epoch == [1, 2, 3]
+    with pytest.raises(ValueError, match="sup_batch_size=21 is more than the 20 labelled"):
+        fit_ssvae(tiny_model(), split, replace(cfg, sup_batch_size=21), progress=False)
 
     # means, then fresh draws around them: another kind of input
     gauss = GaussianLearnedVariance(link="identity")

@@ -340,14 +340,14 @@ def test_resume_with_other_settings_or_data_warns(tmp_path):
     fit(_model(), x, _cfg(epochs=1), checkpoint_path=path, progress=False)
     assert load_checkpoint(path)["config"]["train"]["num_data"] == x.shape[0]
     bs = _cfg().batch_size
-    with pytest.warns(UserWarning, match=f"batch_size={bs} -> {bs // 2}.*not the run"):
+    with pytest.warns(UserWarning, match=rf"other settings \(batch_size={bs} -> {bs // 2}\); "):
         fit(_model(), x, _cfg(epochs=2, batch_size=bs // 2), checkpoint_path=path,
             resume=True, progress=False)  # fmt: skip
     more = torch.cat([x, _data(seed=1)])
-    with pytest.warns(UserWarning, match=f"num_data={x.shape[0]} -> {more.shape[0]}"):
+    with pytest.warns(UserWarning, match=rf"\(num_data={x.shape[0]} -> {more.shape[0]}\)"):
         fit(_model(), more, _cfg(epochs=3, batch_size=bs // 2), checkpoint_path=path,
             resume=True, progress=False)  # fmt: skip
-    with pytest.warns(UserWarning, match=r"lr=0\.01 -> 0\.005"):
+    with pytest.warns(UserWarning, match=r"\(lr=0\.01 -> 0\.005\)"):
         fit(_model(), more, _cfg(epochs=4, batch_size=bs // 2, lr=5e-3), checkpoint_path=path,
             resume=True, progress=False)  # fmt: skip
     with warnings.catch_warnings():
@@ -357,6 +357,9 @@ def test_resume_with_other_settings_or_data_warns(tmp_path):
             progress=False)  # fmt: skip
     # the checkpoint then says the learning rate was the user's optimiser's, not config.lr
     assert load_checkpoint(path)["config"]["train"]["lr"] is None
+    with pytest.warns(UserWarning, match=r"\(lr=a user's optimiser -> 0\.01\)"):
+        fit(_model(), more, _cfg(epochs=6, batch_size=bs // 2), checkpoint_path=path,
+            resume=True, progress=False)  # fmt: skip
 
 
 def test_resume_matches_uninterrupted_training(tmp_path):
