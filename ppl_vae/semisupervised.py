@@ -783,7 +783,7 @@ def _same(key: str, before: Any, now: Any) -> bool:
 def _refuse_other_run(
     ckpt: dict[str, Any],
     model: SSVAE,
-    split: SemiSupervisedSplit,
+    split_now: dict[str, Any],
     config: SSTrainConfig,
     checkpoint_path: str | Path,
 ) -> None:
@@ -792,9 +792,8 @@ def _refuse_other_run(
     ``_RESUMABLE_CHANGES`` (α' included, which the networks' shapes do not show), instead of
     silently mixing two runs. A setting a checkpoint predates counts as its default then; a
     split or α' a checkpoint predates is not checked."""
-    saved = ckpt.get("split")
+    saved, now = ckpt.get("split"), split_now  # now: this run's _split_summary
     if saved is not None:
-        now = _split_summary(split)
         diff = [k for k in sorted(saved.keys() & now.keys()) if not _same(k, saved[k], now[k])]
         if diff:
             details = "; ".join(f"{k}: {saved[k]!r} then, {now[k]!r} now" for k in diff)
@@ -923,6 +922,7 @@ def fit_ssvae(
     svi_aux = SVI(model.model_classify, model.guide_classify, optim, loss=aux_elbo)
 
     history, start = SSHistory(), 0
+    split_record = _split_summary(split)  # once: the checkpoints' record and the resume check
     _clear_store_entries()
     if resume:
         if checkpoint_path is None or not Path(checkpoint_path).exists():
@@ -930,7 +930,7 @@ def fit_ssvae(
                 f"resume requested but there is no checkpoint at {checkpoint_path}"
             )
         ckpt = _read(checkpoint_path, map_location=device)
-        _refuse_other_run(ckpt, model, split, config, checkpoint_path)  # before any weight moves
+        _refuse_other_run(ckpt, model, split_record, config, checkpoint_path)  # before any weight
         _load_networks(ckpt, model)
         optim.set_state(ckpt["optim_state"])
         history, start = SSHistory.from_dict(ckpt["history"]), int(ckpt["epoch"])
@@ -1043,7 +1043,7 @@ def fit_ssvae(
                         "train": asdict(config),
                         "model": {"aux_loss_multiplier": model.aux_loss_multiplier},
                     },
-                    "split": _split_summary(split),
+                    "split": split_record,
                     "torch_rng_state": torch.get_rng_state(),
                     # on a GPU the draws of z (and of the inputs) come from CUDA's stream
                     "cuda_rng_state": (

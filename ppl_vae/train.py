@@ -232,7 +232,15 @@ def fit(
     info = _prepare(prog, args, kwargs, n, config.seed, ckpt=ckpt, restart=restart)
     distributed.broadcast_(_state_tensors(prog, info))  # one set of initial values for all ranks
     elbo = _make_objective(loss, prog, device, info, config, n)
-    optim_given = optim is not None
+    # what the checkpoint records of this run's settings (and what a resume compares with)
+    train_record = {
+        **asdict(config),
+        "resolved_objective": objective_name(elbo),
+        "world_size": world,
+        "num_data": n,
+        # a user's optimiser carries its own learning rate; config.lr is not used
+        **({"lr": None} if optim is not None else {}),
+    }
     optim = make_optim(optim, config.lr, config.multi_tensor_adam)
     model = prog.model
     if isinstance(elbo, TraceEnum_ELBO) and info.model_only:
@@ -246,9 +254,7 @@ def fit(
         history = History.from_dict(saved_history)
         if distributed.is_main():  # one warning, not one per rank
             _warn_if_objective_changed(before, objective_name(elbo), checkpoint_path)
-            _warn_if_settings_changed(
-                ckpt, config, n, custom_optim=optim_given, path=checkpoint_path
-            )
+            _warn_if_settings_changed(ckpt, train_record, checkpoint_path)
         if world > 1 or ckpt["config"]["train"].get("world_size", 1) > 1:
             # the saved streams were rank 0's: each rank starts its own, from seed and epoch
             pyro.set_rng_seed(_stream_seed(config.seed, start_epoch, rank))
@@ -305,14 +311,6 @@ def fit(
                 f"test ELBO {test_elbo:9.3f} nats/point  ({seconds:.1f}s)"
             )
         if checkpoint_path is not None and main:
-            train_config = {
-                **asdict(config),
-                "resolved_objective": objective_name(elbo),
-                "world_size": world,
-                "num_data": n,
-                # a user's optimiser carries its own learning rate; config.lr was not used
-                **({"lr": None} if optim_given else {}),
-            }
             save_training_state(
                 checkpoint_path,
                 owner=prog.owner,
@@ -320,7 +318,7 @@ def fit(
                 optim=optim,
                 history=history.to_dict(),
                 epoch=epoch + 1,
-                config={"train": train_config, **(extra_state or {})},
+                config={"train": train_record, **(extra_state or {})},
                 generator=gen,
                 corruption=corruption,
                 device=device,
@@ -458,30 +456,24 @@ _RUN_DEFINING = (
 
 
 def _warn_if_settings_changed(
-    ckpt: dict[str, Any],
-    config: TrainConfig,
-    n: int,
-    *,
-    custom_optim: bool,
-    path: str | Path | None,
+    ckpt: dict[str, Any], now: dict[str, Any], path: str | Path | None
 ) -> None:
     """Resuming with other data or other optimisation settings is allowed (fine-tuning on more
     data, a smaller step) but is a different run from the one the checkpoint started: name what
-    changed instead of continuing silently. The checkpoint of a run with a user's optimiser
-    stores ``lr=None`` (the optimiser carried its own); ``lr`` is not compared when the resumed
-    run brings its own optimiser, and a switch back to the default Adam is named. Settings a
-    checkpoint predates are not compared."""
+    changed between the checkpoint's record of its settings and ``now``, this run's record,
+    instead of continuing silently. A run with a user's optimiser records ``lr=None`` (the
+    optimiser carries its own): ``lr`` is not compared when the resumed run brings its own
+    optimiser, and a switch back to the default Adam is named. Settings a checkpoint predates
+    are not compared."""
     saved = ckpt.get("config", {}).get("train", {})
-    now = {**asdict(config), "num_data": n}
 
     def show(k: str, v: Any) -> str:
         return "a user's optimiser" if k == "lr" and v is None else repr(v)
 
-    keys = [k for k in (*_RUN_DEFINING, "num_data") if not (k == "lr" and custom_optim)]
     changed = [
         f"{k}={show(k, saved[k])} -> {show(k, now[k])}"
-        for k in keys
-        if k in saved and saved[k] != now[k]
+        for k in (*_RUN_DEFINING, "num_data")
+        if k in saved and saved[k] != now[k] and not (k == "lr" and now[k] is None)
     ]
     if changed:
         warnings.warn(
