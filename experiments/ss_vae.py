@@ -63,6 +63,7 @@ from ppl_vae.latent import encode_dataset, posterior_moments
 from ppl_vae.likelihoods import GaussianLearnedVariance
 from ppl_vae.semisupervised import (
     M1_CONFIG,
+    OUTPUT_INITS,
     PYRO_EXAMPLE,
     PYRO_PUBLISHED,
     SCHEDULES,
@@ -117,6 +118,8 @@ def settings(args: argparse.Namespace, sup_num: int) -> dict[str, Any]:
         **({"m1_inputs": "sample"} if args.features == "m1" and args.m1_inputs == "sample" else {}),
         # labelled images per joint step, when set (older results took min(batch, labelled))
         **({"sup_batch_size": args.sup_batch_size} if args.sup_batch_size is not None else {}),
+        # output layers' initial weights, when not the default (older results: "normal")
+        **({"output_init": args.output_init} if args.output_init != "normal" else {}),
     }
 
 
@@ -138,6 +141,7 @@ def build_m2(args: argparse.Namespace, inputs: Inputs) -> SSVAE:
         aux_loss_multiplier=args.aux_loss_multiplier,
         seed=args.seed,
         likelihood=GaussianLearnedVariance(link="identity") if args.features == "m1" else None,
+        output_init=args.output_init,
     )
 
 
@@ -441,7 +445,8 @@ def _inputs_text(r: dict[str, Any]) -> str:
     if r["settings"].get("features", "pixels") == "pixels":
         return "pixels"
     draws = ", draws" if r["settings"].get("m1_inputs") == "sample" else ""
-    return f"M1 e{r['settings']['m1_epochs']} ({r['m1']['active_units']} units{draws})"
+    name = r["m1"].get("label", f"M1 e{r['settings']['m1_epochs']}")  # a wrapper's own M1
+    return f"{name} ({r['m1']['active_units']} units{draws})"
 
 
 def _fmt(v: float | None) -> str:
@@ -460,12 +465,15 @@ def write_table(folder: Path) -> Path:
         "with a Bernoulli likelihood; validation = last 10 000 training images). *inputs* "
         "`pixels`: M2 on the images (Pyro's example); `M1 e<E> (k units)`: Kingma et al.'s "
         "stacked M1+M2, M2 (Gaussian likelihood, learned variance) on the posterior means of "
-        "the k active units of an unsupervised 784-600-600-50 VAE trained E epochs (`draws`: "
+        "the k active units of an unsupervised 784-600-600-50 VAE trained E epochs, or of the M1 "
+        "named (`draws`: "
         "trained on a fresh draw z1 ~ q(z1 | x) per batch, as Kingma et al.; evaluated on the "
         "means). *schedule* "
         "`joint`: a labelled batch in every step; `pyro`: Pyro's, a labelled batch every "
         "N / labelled batches; in brackets the network and Adam settings that differ from "
-        "Pyro's. *batch*: images per step (`joint`: per unlabelled batch, with a labelled batch of "
+        "Pyro's (every run draws all initial weights from N(0, 0.001²) unless `output init "
+        "torch`, which draws the output layers as nn.Linear does: Pyro's own initialisation). "
+        "*batch*: images per step (`joint`: per unlabelled batch, with a labelled batch of "
         "the same size, or of all the labelled images when fewer, or of k with `/k`). *test acc* "
         "is after the last epoch, "
         "*at best valid* is at the epoch of best validation accuracy.",
@@ -547,6 +555,8 @@ def _schedule_text(s: dict[str, Any]) -> str:
         changed.append(f"lr {s['lr']:g}")
     if s["beta1"] != PYRO_EXAMPLE["beta1"]:
         changed.append(f"β1 {s['beta1']:g}")
+    if s.get("output_init", "normal") != "normal":
+        changed.append(f"output init {s['output_init']}")
     name = s.get("schedule", "pyro")
     return name + (f" ({', '.join(changed)})" if changed else "")
 
@@ -556,7 +566,9 @@ def _batch(s: dict[str, Any]) -> str:
     return f"{s['batch_size']}" + (f"/{s['sup_batch_size']}" if "sup_batch_size" in s else "")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str = "python experiments/ss_vae.py") -> None:
+    """Run the script; ``prog`` is how the recorded command starts (a wrapper that replaces
+    a part, such as ``results/ssvae/kingma-m1/kingma_m1.py``, names itself there)."""
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog="\n".join(__doc__.splitlines()[1:]),
@@ -588,6 +600,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--z-dim", type=int, default=PYRO_EXAMPLE["z_dim"])
     p.add_argument("--hidden", type=int, nargs="+", default=list(PYRO_EXAMPLE["hidden"]))
     p.add_argument(
+        "--output-init",
+        choices=OUTPUT_INITS,
+        default="normal",
+        help="output layers' initial weights: N(0, 0.001²) like the hidden layers (normal), or "
+        "nn.Linear's default U(±1/√fan_in) (torch: Pyro's example exactly)",
+    )
+    p.add_argument(
         "--features",
         choices=("pixels", "m1"),
         default="pixels",
@@ -616,9 +635,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=ROOT / "results" / "ssvae")
     p.add_argument("--table-only", action="store_true", help="only rewrite table.md")
     args = p.parse_args(argv)
-    args.command = "python experiments/ss_vae.py " + shlex.join(
-        sys.argv[1:] if argv is None else argv
-    )
+    args.command = f"{prog} " + shlex.join(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
     if not args.table_only:
 

@@ -83,6 +83,7 @@ from .program import data_plate
 
 __all__ = [
     "M1_CONFIG",
+    "OUTPUT_INITS",
     "PYRO_EXAMPLE",
     "PYRO_PUBLISHED",
     "SCHEDULES",
@@ -117,6 +118,9 @@ PYRO_EXAMPLE: dict[str, Any] = {
     "init_std": 1e-3,
     "validation_num": 10_000,
 }
+
+#: How :class:`SSVAE` draws its output layers' initial weights (``output_init``).
+OUTPUT_INITS = ("normal", "torch")
 
 #: Pyro's published test accuracies of this model (the tutorial's "third variant": enumeration
 #: plus the auxiliary loss), mean (95% confidence half-width) over five random selections of the
@@ -178,8 +182,13 @@ class SSVAE(nn.Module):
         z_dim: size of the style code z.
         hidden: hidden layer sizes of all three MLPs (softplus units, as in Pyro's example).
         aux_loss_multiplier: α', the weight of -log q(y|x) on labelled images (Pyro: 46).
-        init_std: initial weights and biases are drawn from N(0, init_std²), Pyro's example's
-            initialisation (1e-3: every network starts near a constant function).
+        init_std: the hidden layers' initial weights and biases are drawn from N(0, init_std²),
+            as in Pyro's example (1e-3: every network starts near a constant function).
+        output_init: the output layers' initial weights: ``"normal"`` (default) draws them from
+            N(0, init_std²) too; ``"torch"`` draws them as ``nn.Linear`` does,
+            U(±1/√fan_in), which is exactly Pyro's example (its MLPs re-draw only the hidden
+            layers). Seed 0 of the stacked M1+M2 with 100 labels: test accuracy 0.8869 /
+            0.8860 after 12 epochs (README).
         seed: the initial weights are a function of this seed alone (the global random streams
             are neither used nor changed).
         likelihood: p(x | y, z) given the decoder's output, any
@@ -203,6 +212,7 @@ class SSVAE(nn.Module):
         init_std: float = PYRO_EXAMPLE["init_std"],
         seed: int = 0,
         likelihood: likelihoods.Likelihood | None = None,
+        output_init: str = "normal",
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -213,6 +223,8 @@ class SSVAE(nn.Module):
             raise ValueError(f"aux_loss_multiplier must be >= 0, got {aux_loss_multiplier}")
         if not init_std > 0:
             raise ValueError(f"init_std must be > 0, got {init_std}")
+        if output_init not in OUTPUT_INITS:
+            raise ValueError(f"output_init must be one of {OUTPUT_INITS}, got {output_init!r}")
         self.input_shape = tuple(int(s) for s in input_shape)
         self.num_classes, self.z_dim = int(num_classes), int(z_dim)
         self.hidden = tuple(int(h) for h in hidden)
@@ -224,14 +236,36 @@ class SSVAE(nn.Module):
         self.likelihood.event_dim = 1  # inputs are flattened: one event of d values
         out = self.likelihood.params_per_pixel * d
         self.decoder = _JointMLP(self.z_dim, self.num_classes, self.hidden, out)
-        self.reset_parameters(seed, init_std)
+        self.output_init = output_init
+        self.reset_parameters(seed, init_std, output_init)
 
-    def reset_parameters(self, seed: int, init_std: float = PYRO_EXAMPLE["init_std"]) -> None:
-        """Draw every weight and bias from N(0, init_std²) with a generator seeded by ``seed``."""
+    def reset_parameters(
+        self, seed: int, init_std: float = PYRO_EXAMPLE["init_std"], output_init: str = "normal"
+    ) -> None:
+        """Draw the initial weights with a generator seeded by ``seed``: the hidden layers from
+        N(0, init_std²), the output layers likewise (``"normal"``) or from nn.Linear's
+        U(±1/√fan_in) (``"torch"``, Pyro's example exactly)."""
         g = torch.Generator().manual_seed(int(seed))
         with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * init_std)
+            if output_init == "normal":
+                for p in self.parameters():
+                    p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * init_std)
+                return
+            for net in (self.encoder_y, self.encoder_z, self.decoder):
+                layers = [m for m in net.modules() if isinstance(m, nn.Linear)]
+                # the output layer; with no hidden layer a _JointMLP's is its split first layer
+                no_hidden = len(layers) == 2 and isinstance(net, _JointMLP)
+                out = layers if no_hidden else layers[-1:]
+                fan_in = sum(layer.in_features for layer in out)
+                for layer in layers:
+                    for p in (layer.weight, layer.bias):
+                        if p is None:
+                            continue
+                        if any(layer is o for o in out):
+                            u = torch.rand(p.shape, generator=g, dtype=p.dtype)
+                            p.copy_((u * 2 - 1) * (1 / math.sqrt(fan_in)))
+                        else:
+                            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * init_std)
 
     # ------------------------------------------------------------------ the networks
     def _flat(self, xs: torch.Tensor) -> torch.Tensor:

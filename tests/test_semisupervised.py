@@ -98,6 +98,37 @@ def test_enumerated_loss_is_the_sum_over_labels(num_data: int | None) -> None:
     assert loss == pytest.approx(float(hand), rel=1e-10)
 
 
+def test_enumerated_loss_has_the_gradient_of_the_sum_over_labels() -> None:
+    """The value is not enough: every network, the classifier q(y|x) included (it learns from
+    the unlabelled images only through the weights q(y|x) of the sum and its entropy), must get
+    the gradient of the hand-written sum, with z = loc + scale·ε on the ELBO's own noise ε."""
+    m, b = tiny_model(dtype=torch.float64), 5
+    xs = images(b, dtype=torch.float64)
+    pyro.set_rng_seed(1)
+    guide = poutine.trace(m.guide)
+    loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(m.model, guide, xs, None)
+    pyro_grads = torch.autograd.grad(loss, list(m.parameters()))
+
+    ys = torch.arange(K).reshape(K, 1)
+    with torch.no_grad():
+        loc, scale = m.z_params(xs, ys)
+        eps = (guide.trace.nodes["z"]["value"] - loc) / scale
+    log_qy = F.log_softmax(m.classifier_logits(xs), -1).T  # (K, B)
+    loc, scale = m.z_params(xs, ys)
+    z = loc + scale * eps
+    log_qz = Normal(loc, scale).log_prob(z).sum(-1)
+    log_pz = Normal(0.0, 1.0).log_prob(z).sum(-1)
+    log_px = log_bernoulli(m.decoder_logits(z, ys), xs.reshape(b, -1))
+    per_label = -math.log(K) + log_px + log_pz - log_qz - log_qy
+    hand = -(log_qy.exp() * per_label).sum()
+    hand_grads = torch.autograd.grad(hand, list(m.parameters()))
+
+    assert float(loss) == pytest.approx(float(hand), rel=1e-12)
+    for (name, _), got, want in zip(m.named_parameters(), pyro_grads, hand_grads):
+        assert want.abs().max() > 1e-3, f"{name} gets no gradient: the check would be empty"
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12, msg=name)
+
+
 def test_any_likelihood_plugs_in_real_valued_inputs_with_a_learned_variance() -> None:
     """M2 on real-valued inputs (M1+M2: an M1 VAE's codes): with
     ``GaussianLearnedVariance(link="identity")`` the decoder emits a mean and a log-variance per
@@ -291,6 +322,49 @@ def test_images_the_bernoulli_likelihood_cannot_score_are_refused(bad, match) ->
         accuracy(m, bad(s.valid_x), s.valid_y)
 
 
+@pytest.mark.parametrize("hidden", [(64,), ()])
+def test_output_init_torch_is_pyros_initialisation(hidden: tuple[int, ...]) -> None:
+    """Pyro's MLPs draw the hidden layers from N(0, 0.001²) and leave the output layers at
+    nn.Linear's U(±1/√fan_in); ``output_init="normal"`` draws those from N(0, 0.001²) too. With
+    no hidden layer a joint network's output layer is its split first layer (fan-in x + y)."""
+    d = 784
+    torch_init = SSVAE((d,), hidden=hidden, seed=3, output_init="torch")
+    normal_init = SSVAE((d,), hidden=hidden, seed=3)
+    outputs = {  # each network's output layer(s) and their fan-in
+        "encoder_y": ([torch_init.encoder_y[-1]], hidden[-1] if hidden else d),
+        "encoder_z": (
+            [torch_init.encoder_z.rest[-1]]
+            if hidden
+            else [torch_init.encoder_z.a_part, torch_init.encoder_z.y_part],
+            hidden[-1] if hidden else d + K,
+        ),
+        "decoder": (
+            [torch_init.decoder.rest[-1]]
+            if hidden
+            else [torch_init.decoder.a_part, torch_init.decoder.y_part],
+            hidden[-1] if hidden else torch_init.z_dim + K,
+        ),
+    }
+    out_params = set()
+    for layers, fan_in in outputs.values():
+        bound = 1 / math.sqrt(fan_in)
+        for layer in layers:
+            for p in (q for q in (layer.weight, layer.bias) if q is not None):
+                out_params.add(id(p))
+                assert p.abs().max() <= bound
+            # U(±b) has standard deviation b/√3: far above the hidden layers' 0.001
+            assert float(layer.weight.std()) == pytest.approx(bound / math.sqrt(3), rel=0.2)
+    for (name, p), (_, q) in zip(torch_init.named_parameters(), normal_init.named_parameters()):
+        if id(p) in out_params:
+            assert q.std() < 2e-3, name
+        else:
+            assert float(p.std()) == pytest.approx(1e-3, rel=0.35), name
+            assert float(q.std()) == pytest.approx(1e-3, rel=0.35), name
+    again = SSVAE((d,), hidden=hidden, seed=3, output_init="torch")
+    for p, q in zip(torch_init.parameters(), again.parameters()):
+        assert torch.equal(p, q)
+
+
 def test_bad_labels_settings_and_checkpoints_are_refused(tmp_path: Path) -> None:
     s, m = tiny_split(), tiny_model()
     with pytest.raises(DataError, match="one-hot"):
@@ -304,6 +378,8 @@ def test_bad_labels_settings_and_checkpoints_are_refused(tmp_path: Path) -> None
             fit_ssvae(m, s, cfg, progress=False)
     with pytest.raises(ValueError, match="num_classes"):
         SSVAE(SHAPE, num_classes=1)
+    with pytest.raises(ValueError, match="output_init"):
+        SSVAE(SHAPE, output_init="xavier")
     with pytest.raises(CheckpointError, match="no checkpoint"):
         fit_ssvae(m, s, checkpoint_path=tmp_path / "none.pt", resume=True, progress=False)
 
