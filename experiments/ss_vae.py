@@ -402,12 +402,17 @@ def _check_text(c: dict[str, Any] | None) -> str:
 
 def _draw_means(results: list[dict[str, Any]]) -> list[str]:
     """Lines giving, for every recipe run on two or more draws of the labelled images (runs
-    whose settings differ only in ``--seed``), the mean test accuracy over the draws with its
-    95% half-width 1.96·s/√n — the form of Pyro's table (five draws there)."""
+    whose settings and M1 differ only in ``--seed``), the mean test accuracy over the draws with
+    its 95% half-width 1.96·s/√n — the form of Pyro's table (five draws there). Runs on another
+    M1 (a wrapper's, named by ``m1["label"]``) are another recipe, and a seed counts once: a
+    second run of the same seed (another folder) is the same draw, not another."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         key = {k: v for k, v in _identity(r["settings"]).items() if k != "seed"}
-        groups.setdefault(json.dumps(key, sort_keys=True), []).append(r)
+        key["m1_label"] = (r.get("m1") or {}).get("label")
+        runs = groups.setdefault(json.dumps(key, sort_keys=True), [])
+        if all(run["seed"] != r["seed"] for run in runs):
+            runs.append(r)
     lines = []
     for runs in groups.values():
         if len(runs) < 2:

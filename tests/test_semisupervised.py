@@ -726,8 +726,13 @@ def test_script_on_a_tiny_budget(tmp_path: Path, mnist, monkeypatch) -> None:
         for seed, a in ((0, 0.80), (1, 0.84), (2, 0.90))
     ]
     other = {**r3, "settings": {**r3["settings"], "aux_loss_multiplier": 7.0}}  # its own recipe
-    text = "\n".join(script._draw_means([*draws, other]))
+    # the same settings on another M1 (a wrapper's, named in the result) are another recipe, and
+    # a second run of seed 0 (another folder) is not another draw
+    other_m1 = {**draws[1], "m1": {**r3["m1"], "label": "Their M1"}, "test_accuracy": 0.1}
+    again = {**draws[0], "test_accuracy": 0.2}
+    text = "\n".join(script._draw_means([*draws, other, other_m1, again]))
     half = 1.96 * float(torch.tensor([0.80, 0.84, 0.90]).std()) / math.sqrt(3)
     assert f"3 draws (seeds 0, 1, 2): test accuracy 0.8467 ± {half:.4f} at the last epoch" in text
     assert f"0.8567 ± {half:.4f} at the best validation epoch" in text
     assert "α' 7" not in text, "a recipe run on one draw has no mean"
+    assert "Their M1" not in text and text.count("draws (seeds") == 1
