@@ -236,7 +236,6 @@ class SSVAE(nn.Module):
         self.likelihood.event_dim = 1  # inputs are flattened: one event of d values
         out = self.likelihood.params_per_pixel * d
         self.decoder = _JointMLP(self.z_dim, self.num_classes, self.hidden, out)
-        self.output_init = output_init
         self.reset_parameters(seed, init_std, output_init)
 
     def reset_parameters(
@@ -245,27 +244,23 @@ class SSVAE(nn.Module):
         """Draw the initial weights with a generator seeded by ``seed``: the hidden layers from
         N(0, init_std²), the output layers likewise (``"normal"``) or from nn.Linear's
         U(±1/√fan_in) (``"torch"``, Pyro's example exactly)."""
-        g = torch.Generator().manual_seed(int(seed))
-        with torch.no_grad():
-            if output_init == "normal":
-                for p in self.parameters():
-                    p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * init_std)
-                return
+        fan_in_of: dict[int, int] = {}  # output-layer parameter -> its layer's fan-in
+        if output_init == "torch":
             for net in (self.encoder_y, self.encoder_z, self.decoder):
                 layers = [m for m in net.modules() if isinstance(m, nn.Linear)]
                 # the output layer; with no hidden layer a _JointMLP's is its split first layer
                 no_hidden = len(layers) == 2 and isinstance(net, _JointMLP)
                 out = layers if no_hidden else layers[-1:]
                 fan_in = sum(layer.in_features for layer in out)
-                for layer in layers:
-                    for p in (layer.weight, layer.bias):
-                        if p is None:
-                            continue
-                        if any(layer is o for o in out):
-                            u = torch.rand(p.shape, generator=g, dtype=p.dtype)
-                            p.copy_((u * 2 - 1) * (1 / math.sqrt(fan_in)))
-                        else:
-                            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * init_std)
+                fan_in_of |= {id(p): fan_in for layer in out for p in layer.parameters()}
+        g = torch.Generator().manual_seed(int(seed))
+        with torch.no_grad():
+            for p in self.parameters():
+                if id(p) in fan_in_of:
+                    u = torch.rand(p.shape, generator=g, dtype=p.dtype)
+                    p.copy_((u * 2 - 1) * (1 / math.sqrt(fan_in_of[id(p)])))
+                else:
+                    p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * init_std)
 
     # ------------------------------------------------------------------ the networks
     def _flat(self, xs: torch.Tensor) -> torch.Tensor:
@@ -817,7 +812,7 @@ def _same(key: str, before: Any, now: Any) -> bool:
 def _refuse_other_run(
     ckpt: dict[str, Any],
     model: SSVAE,
-    split_now: dict[str, Any],
+    split_record: dict[str, Any],
     config: SSTrainConfig,
     checkpoint_path: str | Path,
 ) -> None:
@@ -826,7 +821,7 @@ def _refuse_other_run(
     ``_RESUMABLE_CHANGES`` (α' included, which the networks' shapes do not show), instead of
     silently mixing two runs. A setting a checkpoint predates counts as its default then; a
     split or α' a checkpoint predates is not checked."""
-    saved, now = ckpt.get("split"), split_now  # now: this run's _split_summary
+    saved, now = ckpt.get("split"), split_record  # now: this run's _split_summary
     if saved is not None:
         diff = [k for k in sorted(saved.keys() & now.keys()) if not _same(k, saved[k], now[k])]
         if diff:

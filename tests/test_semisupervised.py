@@ -77,6 +77,20 @@ def log_bernoulli(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ the losses
+def hand_enumerated_loss(m: SSVAE, xs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """-Σ_B Σ_y q(y|x) [log p(y) + log p(x|y,z_y) + log p(z_y) − log q(z_y|x,y) − log q(y|x)],
+    written out by hand, for one draw ``z`` ``(K, B, z_dim)`` per label and image."""
+    b = xs.shape[0]
+    log_qy = F.log_softmax(m.classifier_logits(xs), -1).T  # (K, B)
+    ys = torch.arange(K).reshape(K, 1)
+    loc, scale = m.z_params(xs, ys)  # (K, B, z)
+    log_qz = Normal(loc, scale).log_prob(z).sum(-1)
+    log_pz = Normal(0.0, 1.0).log_prob(z).sum(-1)
+    log_px = log_bernoulli(m.decoder_logits(z, ys), xs.reshape(b, -1))
+    per_label = -math.log(K) + log_px + log_pz - log_qz - log_qy
+    return -(log_qy.exp() * per_label).sum()
+
+
 @pytest.mark.parametrize("num_data", [None, 40])
 def test_enumerated_loss_is_the_sum_over_labels(num_data: int | None) -> None:
     m, b = tiny_model(dtype=torch.float64), 5
@@ -87,14 +101,7 @@ def test_enumerated_loss_is_the_sum_over_labels(num_data: int | None) -> None:
     assert z.shape == (K, b, 3), "one z per label and image"
 
     with torch.no_grad():
-        log_qy = F.log_softmax(m.classifier_logits(xs), -1).T  # (K, B)
-        ys = torch.arange(K).reshape(K, 1)
-        loc, scale = m.z_params(xs, ys)  # (K, B, z)
-        log_qz = Normal(loc, scale).log_prob(z).sum(-1)
-        log_pz = Normal(0.0, 1.0).log_prob(z).sum(-1)
-        log_px = log_bernoulli(m.decoder_logits(z, ys), xs.reshape(b, -1))
-        per_label = -math.log(K) + log_px + log_pz - log_qz - log_qy
-        hand = -(log_qy.exp() * per_label).sum() * ((num_data or b) / b)
+        hand = hand_enumerated_loss(m, xs, z) * ((num_data or b) / b)
     assert loss == pytest.approx(float(hand), rel=1e-10)
 
 
@@ -113,14 +120,8 @@ def test_enumerated_loss_has_the_gradient_of_the_sum_over_labels() -> None:
     with torch.no_grad():
         loc, scale = m.z_params(xs, ys)
         eps = (guide.trace.nodes["z"]["value"] - loc) / scale
-    log_qy = F.log_softmax(m.classifier_logits(xs), -1).T  # (K, B)
     loc, scale = m.z_params(xs, ys)
-    z = loc + scale * eps
-    log_qz = Normal(loc, scale).log_prob(z).sum(-1)
-    log_pz = Normal(0.0, 1.0).log_prob(z).sum(-1)
-    log_px = log_bernoulli(m.decoder_logits(z, ys), xs.reshape(b, -1))
-    per_label = -math.log(K) + log_px + log_pz - log_qz - log_qy
-    hand = -(log_qy.exp() * per_label).sum()
+    hand = hand_enumerated_loss(m, xs, loc + scale * eps)
     hand_grads = torch.autograd.grad(hand, list(m.parameters()))
 
     assert float(loss) == pytest.approx(float(hand), rel=1e-12)
