@@ -63,6 +63,7 @@ from ppl_vae.latent import encode_dataset, posterior_moments
 from ppl_vae.likelihoods import GaussianLearnedVariance
 from ppl_vae.semisupervised import (
     M1_CONFIG,
+    M1_CONV_CONFIG,
     OUTPUT_INITS,
     PYRO_EXAMPLE,
     PYRO_PUBLISHED,
@@ -114,6 +115,8 @@ def settings(args: argparse.Namespace, sup_num: int) -> dict[str, Any]:
             if args.features == "m1"
             else {}
         ),
+        # M1's networks, when not the MLP (older M1+M2 results: the MLP, no such key)
+        **({"m1_net": args.m1_net} if args.features == "m1" and args.m1_net != "mlp" else {}),
         # M2 on fresh draws of M1's codes (older M1+M2 results read the means: no such key)
         **({"m1_inputs": "sample"} if args.features == "m1" and args.m1_inputs == "sample" else {}),
         # labelled images per joint step, when set (older results took min(batch, labelled))
@@ -201,14 +204,15 @@ def m1_codes(
     The codes are q's means on the units M1 uses (:func:`active_units`); ``train_scale`` holds
     q's standard deviations of the training images on those units.
     """
-    tag = f"m1-e{args.m1_epochs}-s{args.m1_seed}"
+    net = "" if args.m1_net == "mlp" else f"{args.m1_net}-"
+    tag = f"m1-{net}e{args.m1_epochs}-s{args.m1_seed}"
     if args.n_train or args.validation_num != PYRO_EXAMPLE["validation_num"]:
         tag += f"-n{args.n_train}-v{args.validation_num}"  # M1 saw other images
     folder = args.out / tag
     folder.mkdir(parents=True, exist_ok=True)
     ckpt, info_path = folder / "checkpoint.pt", folder / "m1.json"
     fit_x = train_x[: train_x.shape[0] - args.validation_num]
-    config = ModelConfig(**M1_CONFIG)
+    config = ModelConfig(**(M1_CONFIG if args.m1_net == "mlp" else M1_CONV_CONFIG))
     if info_path.exists() and ckpt.exists():  # a fresh clone has m1.json, not the weights
         vae = load_model(ckpt, device=args.device)
         info = json.loads(info_path.read_text())
@@ -450,7 +454,8 @@ def _inputs_text(r: dict[str, Any]) -> str:
     if r["settings"].get("features", "pixels") == "pixels":
         return "pixels"
     draws = ", draws" if r["settings"].get("m1_inputs") == "sample" else ""
-    name = r["m1"].get("label", f"M1 e{r['settings']['m1_epochs']}")  # a wrapper's own M1
+    net = "conv " if r["settings"].get("m1_net") == "conv" else ""
+    name = r["m1"].get("label", f"{net}M1 e{r['settings']['m1_epochs']}")  # a wrapper's own M1
     return f"{name} ({r['m1']['active_units']} units{draws})"
 
 
@@ -470,7 +475,8 @@ def write_table(folder: Path) -> Path:
         "with a Bernoulli likelihood; validation = last 10 000 training images). *inputs* "
         "`pixels`: M2 on the images (Pyro's example); `M1 e<E> (k units)`: Kingma et al.'s "
         "stacked M1+M2, M2 (Gaussian likelihood, learned variance) on the posterior means of "
-        "the k active units of an unsupervised 784-600-600-50 VAE trained E epochs, or of the M1 "
+        "the k active units of an unsupervised 784-600-600-50 VAE trained E epochs (`conv M1`: "
+        "the library's convolutional VAE with 50 latent units, `--m1-net conv`), or of the M1 "
         "named (`draws`: "
         "trained on a fresh draw z1 ~ q(z1 | x) per batch, as Kingma et al.; evaluated on the "
         "means). *schedule* "
@@ -620,6 +626,13 @@ def main(argv: list[str] | None = None, prog: str = "python experiments/ss_vae.p
     )
     p.add_argument("--m1-epochs", type=int, default=20, help="M1's training epochs (--features m1)")
     p.add_argument("--m1-seed", type=int, default=0, help="M1's seed (--features m1)")
+    p.add_argument(
+        "--m1-net",
+        choices=("mlp", "conv"),
+        default="mlp",
+        help="M1's networks: Kingma et al.'s 784-600-600-50 softplus MLP, or the library's "
+        "convolutional pair (two stride-2 convolutions, 50 latent units) (--features m1)",
+    )
     p.add_argument(
         "--m1-active-threshold",
         type=float,

@@ -715,6 +715,17 @@ def test_script_on_a_tiny_budget(tmp_path: Path, mnist, monkeypatch) -> None:
         "| 20 (subset) | 1 | joint (hidden 32, z 4) | M1 e1 (50 units, draws) | 46 | 1 |"
     )
     assert row.split(" | ")[7] == "20/5", row
+    # a convolutional M1 (--m1-net conv): its own folder, recorded, named in the table
+    conv_run = ["--m1-net", "conv", "--seed", "2", "--out", str(m1m2)]
+    script.main([*base[2:], "--epochs", "1", *stacked, *conv_run])
+    r5 = json.loads((m1m2 / "sup20-s2" / "result.json").read_text())
+    assert r5["settings"]["m1_net"] == "conv" and "m1_net" not in r3["settings"]
+    assert r5["m1"]["model"]["net"] == "conv" and r3["m1"]["model"]["net"] == "mlp"
+    assert (m1m2 / "m1-conv-e1-s0-n300-v100" / "checkpoint.pt").exists()
+    assert (
+        "| 20 (subset) | 2 | pyro (hidden 32, z 4) | conv M1 e1 (50 units) |"
+        in (m1m2 / "table.md").read_text()
+    )
     # the table's mean over draws of the labels: the same recipe on other seeds, by hand
     draws = [
         {
