@@ -214,6 +214,32 @@ def beyond_the_lecture(out: Path) -> list[str]:
             name = path.parent.relative_to(out / "ssvae")
             lines += [f"- `{name}`: command `{r.get('command', '?')}`"]
             lines += [f"  - **Verdict:** {_m2_verdict(r)}"]
+        lines += _pyro_script_runs(out / "ssvae" / "pyro-verbatim")
+    return lines
+
+
+def _pyro_script_runs(folder: Path) -> list[str]:
+    """Pyro's own ``ss_vae_M2.py`` run on this machine (``pyro-verbatim/run.sh``): the last line
+    of each kept log, beside the row of Pyro's table it should reproduce."""
+    from ppl_vae.semisupervised import PYRO_PUBLISHED
+
+    final = re.compile(
+        r"best validation accuracy (\S+) corresponding testing accuracy (\S+) "
+        r"last testing accuracy (\S+)"
+    )
+    lines = []
+    for log in sorted(folder.glob("sup*.log")):
+        found = final.search(log.read_text())
+        n = int(re.match(r"sup(\d+)", log.name).group(1))
+        if found is None or n not in PYRO_PUBLISHED:
+            continue
+        _, best_test, last = (float(v) for v in found.groups())
+        lines += [
+            f"- `pyro-verbatim/{log.name}`: **Pyro's own `ss_vae_M2.py`** run here "
+            f"(`results/ssvae/pyro-verbatim/run.sh`), {n} labels: test accuracy {last:.4f} after "
+            f"its last epoch, {best_test:.4f} at its best validation epoch, against the "
+            f"{PYRO_PUBLISHED[n][0]:.4f} its tutorial publishes (the reference, not a verdict)"
+        ]
     return lines
 
 

@@ -183,6 +183,28 @@ def test_report_embeds_every_figure(tiny_runs) -> None:
     assert "Agrees with the lecture?" in report
 
 
+def test_report_lists_pyro_script_runs(tmp_path: Path) -> None:
+    """The report sets each kept log of Pyro's own ss_vae_M2.py beside Pyro's published row; a
+    log that did not finish, or whose label count has no row, is left out."""
+    from report import _pyro_script_runs
+
+    (tmp_path / "sup100-bs100-s0.log").write_text(
+        "0 epoch: avg losses 1.0 2.0 validation accuracy 0.5 test accuracy 0.4\n"
+        "best validation accuracy 0.6344 corresponding testing accuracy 0.6248 "
+        "last testing accuracy 0.5706\n"
+    )
+    (tmp_path / "sup3000-bs200-s0.log").write_text("0 epoch: stopped early\n")
+    (tmp_path / "sup7-bs7-s0.log").write_text(
+        "best validation accuracy 0.1 corresponding testing accuracy 0.1 "
+        "last testing accuracy 0.1\n"
+    )
+    lines = _pyro_script_runs(tmp_path)
+    assert len(lines) == 1 and "100 labels" in lines[0]
+    assert "0.5706 after its last epoch, 0.6248 at its best validation epoch" in lines[0]
+    assert "against the 0.9319 its tutorial publishes" in lines[0]
+    assert _pyro_script_runs(tmp_path / "absent") == []
+
+
 def _parse_args_number(tree: ast.Module) -> int | None:
     """The ``number=`` passed to ``parse_args`` in a script, or None."""
     for node in ast.walk(tree):
