@@ -198,9 +198,10 @@ def m1_codes(
     training images outside the validation set (no labels), and encode every image.
 
     M1 is :data:`~ppl_vae.semisupervised.M1_CONFIG` (784-600-600-50 softplus, Bernoulli on grey
-    levels), Adam lr 1e-3, batch 100, ``--m1-epochs`` epochs, seeded by ``--m1-seed`` (so the
-    draws of the labels, ``--seed``, share one M1); it is trained once per (epochs, seed, training
-    images) and kept in ``<out>/m1-e<E>-s<m1 seed>[-n<N>-v<V>]/``, resumable.
+    levels; ``--m1-net conv``: :data:`~ppl_vae.semisupervised.M1_CONV_CONFIG`), Adam lr 1e-3,
+    batch 100, ``--m1-epochs`` epochs, seeded by ``--m1-seed`` (so the draws of the labels,
+    ``--seed``, share one M1); it is trained once per (network, epochs, seed, training images)
+    and kept in ``<out>/m1-[conv-]e<E>-s<m1 seed>[-n<N>-v<V>]/``, resumable.
     The codes are q's means on the units M1 uses (:func:`active_units`); ``train_scale`` holds
     q's standard deviations of the training images on those units.
     """
